@@ -1,0 +1,29 @@
+"""prefselect: find the preference pairs worth training on for one model, and train it on them."""
+
+from prefselect.config import validate as validate_config
+
+
+configfile: "config/config.yaml"
+
+
+config = validate_config(config)
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/training.smk"
+include: "workflow/rules/scoring.smk"
+include: "workflow/rules/selection.smk"
+include: "workflow/rules/evaluation.smk"
+
+
+rule all:
+    input:
+        f"{OUT}/data/report.json",
+        f"{OUT}/scores/scores.parquet",
+        expand(f"{OUT}/selection/{{selector}}.parquet", selector=SELECTORS),
+        expand(f"{OUT}/models/final-{{selector}}", selector=SELECTORS),
+        f"{OUT}/eval/results.json",
+        f"{OUT}/eval/results.md",
+    default_target: True

@@ -1,0 +1,72 @@
+"""Shared fixtures: a tiny causal LM and tokenizer built locally (no hub), and small preference data."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+SENTENCES = [
+    "the movie was great fun and the cast was wonderful",
+    "a dull and boring film with a terrible plot",
+    "I loved every minute of this charming story",
+    "the acting is bad and the script is worse",
+    "an absolute joy to watch from start to finish",
+    "it was fine but nothing special happened at all",
+] * 20
+
+
+def build_tiny_lm(folder, seed: int = 0) -> str:
+    """Save a ~50k-parameter GPT-2 and its byte-level BPE tokenizer into `folder`; return the path."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(SENTENCES, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<|pad|>"
+    )
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = GPT2LMHeadModel(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> str:
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_other(tmp_path_factory) -> str:
+    """A second tiny LM with different weights, standing in for a trained model."""
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny_lm_other"), seed=1)
+
+
+def make_pairs(n: int = 24) -> pd.DataFrame:
+    rows = []
+    for i in range(n):
+        a, b = SENTENCES[i % 6].split(), SENTENCES[(i + 1) % 6].split()
+        rows.append({
+            "id": f"p{i}",
+            "prompt": " ".join(a[: 2 + i % 3]),
+            "chosen": " " + " ".join(a[2 + i % 3:]),
+            "rejected": " " + " ".join(b[: 3 + i % 4]),
+        })
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def pairs() -> pd.DataFrame:
+    return make_pairs()

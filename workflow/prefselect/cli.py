@@ -1,0 +1,301 @@
+"""`prefselect <step>`: every workflow step as a command a user can run by hand, without Snakemake."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import pandas as pd
+import torch
+
+
+def read_parquets(paths: list[str]) -> pd.DataFrame:
+    return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+
+
+def read_prompts(path: str) -> list[str]:
+    return pd.read_json(path, lines=True)["prompt"].tolist() if path.endswith(".jsonl") else pd.read_parquet(path)["prompt"].tolist()
+
+
+# Demo -----------------------------------------------------------------------------------------------------------
+
+
+def cmd_demo_snippets(a):
+    from .demo import fetch_snippets
+
+    fetch_snippets(a.out, a.local_copy)
+
+
+def cmd_demo_tokenizer(a):
+    from .demo import build_tokenizer
+
+    build_tokenizer(a.snippets, a.out, a.vocab_size)
+
+
+def cmd_demo_sft(a):
+    from .demo import train_sft
+
+    stats = train_sft(
+        a.snippets, a.tokenizer, a.out, n_layer=a.n_layer, n_embd=a.n_embd, n_head=a.n_head,
+        n_positions=a.n_positions, steps=a.steps, batch_size=a.batch_size, learning_rate=a.learning_rate, seed=a.seed,
+    )
+    print(json.dumps(stats))
+
+
+def cmd_demo_pairs(a):
+    from .demo import make_pairs
+
+    stats = make_pairs(
+        a.model, a.snippets, a.out, n_train=a.train, n_val=a.val, n_eval_prompts=a.eval_prompts,
+        prompt_words=a.prompt_words, samples=a.samples, max_new_tokens=a.max_new_tokens, noise=a.noise,
+        noise_model=a.noise_model, tau=a.tau, seed=a.seed,
+    )
+    print(json.dumps(stats))
+
+
+# Method ---------------------------------------------------------------------------------------------------------
+
+
+def cmd_prepare(a):
+    from .data import prepare
+
+    report = prepare(
+        a.source, a.out, tokenizer=a.tokenizer, max_length=a.max_length, validation=a.validation,
+        val_fraction=a.val_fraction, seed=a.seed, min_rows=a.min_rows, trust_remote_code=a.trust_remote_code,
+    )
+    print(json.dumps(report))
+
+
+def cmd_logps(a):
+    from .io import write_parquet
+    from .logps import pair_logps
+    from .models import load_model, load_tokenizer
+    from .scoring import shard_rows
+
+    pairs = pd.read_parquet(a.data)
+    pairs = pairs.iloc[shard_rows(len(pairs), a.shard, a.shards)]
+    model = load_model(a.model, a.trust_remote_code).to(device())
+    tokenizer = load_tokenizer(a.model, a.trust_remote_code)
+    write_parquet(pair_logps(model, pairs, tokenizer, a.max_length, a.batch_size), a.out)
+
+
+def cmd_train(a):
+    from .training import DPOSettings, train_dpo
+
+    pairs = pd.read_parquet(a.data)
+    if a.selection:
+        selection = pd.read_parquet(a.selection)
+        pairs = pairs[pairs["id"].isin(selection.loc[selection["selected"], "id"])]
+    settings = DPOSettings(
+        beta=a.beta, loss_type=a.loss_type, epochs=a.epochs, learning_rate=a.learning_rate,
+        batch_size=a.batch_size, max_length=a.max_length, seed=a.seed,
+    )
+    train_dpo(a.model, pairs, read_parquets(a.ref), a.out, settings, trust_remote_code=a.trust_remote_code)
+
+
+def cmd_score(a):
+    from .io import write_parquet
+    from .logps import pair_logps
+    from .models import load_model, load_tokenizer
+    from .scoring import score_table
+
+    ref = pd.read_parquet(a.ref)
+    pairs = pd.read_parquet(a.data).set_index("id").loc[ref["id"]].reset_index()
+    logps = {}
+    for name, path in (("warm", a.warmup), ("aux", a.aux)):
+        model = load_model(path, a.trust_remote_code).to(device())
+        logps[name] = pair_logps(model, pairs, load_tokenizer(path, a.trust_remote_code), a.max_length, a.batch_size)
+    write_parquet(score_table(ref, logps["warm"], logps["aux"], a.beta, a.loss_type), a.out)
+
+
+def cmd_merge_scores(a):
+    from .io import write_parquet
+    from .scoring import merge_shards
+
+    train_ids = pd.read_parquet(a.data, columns=["id"])["id"]
+    write_parquet(merge_shards([pd.read_parquet(p) for p in a.shards], train_ids), a.out)
+
+
+def cmd_select(a):
+    from .io import write_parquet
+    from .selection import select
+
+    like = pd.read_parquet(a.like) if a.like else None
+    selection = select(a.name, json.loads(a.spec), pd.read_parquet(a.scores), pd.read_parquet(a.data), a.seed, like)
+    write_parquet(selection, a.out)
+    print(f"{a.name}: kept {selection['selected'].sum()} of {len(selection)} pairs")
+
+
+def cmd_sample(a):
+    from .generation import sample_continuations
+    from .io import write_parquet
+
+    prompts = read_prompts(a.prompts)
+    write_parquet(sample_continuations(a.model, prompts, a.samples, a.max_new_tokens, a.seed), a.out)
+
+
+def cmd_evaluate(a):
+    from .evaluation import judge_scores, results_markdown, selection_summary, win_rate
+    from .io import write_json, write_text
+
+    if not len(a.names) == len(a.selections) == len(a.samples):
+        raise SystemExit("--names, --selections and --samples must have the same length")
+    prompts = read_prompts(a.prompts)
+    train = pd.read_parquet(a.data)
+
+    def judged(path):
+        samples = pd.read_parquet(path)
+        return samples.assign(score=judge_scores(a.judge, prompts, samples))
+
+    opponent = judged(a.opponent)
+    results = {}
+    for name, selection, samples in zip(a.names, a.selections, a.samples):
+        results[name] = {**selection_summary(pd.read_parquet(selection), train), **win_rate(judged(samples), opponent)}
+    write_json({"judge": a.judge, "opponent": a.opponent_name, "selectors": results}, a.out_json)
+    write_text(results_markdown(results, a.opponent_name), a.out_md)
+    print(results_markdown(results, a.opponent_name))
+
+
+# Parser ---------------------------------------------------------------------------------------------------------
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prefselect", description=__doc__)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    steps = parser.add_subparsers(dest="step", required=True)
+
+    def step(name, func, help):
+        sub = steps.add_parser(name, help=help)
+        sub.set_defaults(func=func)
+        return sub
+
+    def model_args(sub, *names):
+        for name in names:
+            sub.add_argument(f"--{name}", required=True, help="model folder or hub id")
+        sub.add_argument("--trust-remote-code", action="store_true")
+        sub.add_argument("--max-length", type=int, default=64)
+
+    def dpo_args(sub):
+        sub.add_argument("--beta", type=float, default=0.1)
+        sub.add_argument("--loss-type", choices=["sigmoid", "hinge"], default="sigmoid")
+
+    s = step("demo-snippets", cmd_demo_snippets, "fetch the human-rated movie-review snippets")
+    s.add_argument("--out", required=True)
+    s.add_argument("--local-copy")
+
+    s = step("demo-tokenizer", cmd_demo_tokenizer, "train the demo's byte-level BPE tokenizer")
+    s.add_argument("--snippets", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--vocab-size", type=int, default=2048)
+
+    s = step("demo-sft", cmd_demo_sft, "train the demo's tiny SFT model from scratch")
+    for name in ("snippets", "tokenizer", "out"):
+        s.add_argument(f"--{name}", required=True)
+    for name, default in (("n-layer", 2), ("n-embd", 128), ("n-head", 4), ("n-positions", 64), ("steps", 1500),
+                          ("batch-size", 32), ("seed", 0)):
+        s.add_argument(f"--{name}", type=int, default=default)
+    s.add_argument("--learning-rate", type=float, default=3e-3)
+
+    s = step("demo-pairs", cmd_demo_pairs, "sample and label the demo's preference pairs")
+    for name in ("model", "snippets", "out"):
+        s.add_argument(f"--{name}", required=True)
+    for name, default in (("train", 1000), ("val", 250), ("eval-prompts", 512), ("prompt-words", 3), ("samples", 4),
+                          ("max-new-tokens", 20), ("seed", 0)):
+        s.add_argument(f"--{name}", type=int, default=default)
+    s.add_argument("--noise", type=float, default=0.3)
+    s.add_argument("--noise-model", choices=["uniform", "bradley_terry"], default="uniform")
+    s.add_argument("--tau", type=float, default=0.1)
+
+    s = step("prepare", cmd_prepare, "validate, id and split preference data; quarantine unusable rows")
+    s.add_argument("--source", required=True)
+    s.add_argument("--validation")
+    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--max-length", type=int, default=64)
+    s.add_argument("--val-fraction", type=float, default=0.2)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--min-rows", type=int, default=1)
+    s.add_argument("--trust-remote-code", action="store_true")
+
+    s = step("logps", cmd_logps, "summed completion log-probs of one shard of pairs under one model")
+    model_args(s, "model")
+    s.add_argument("--data", required=True)
+    s.add_argument("--shard", type=int, default=0)
+    s.add_argument("--shards", type=int, default=1)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--out", required=True)
+
+    s = step("train", cmd_train, "DPO with TRL from a model, on precomputed reference log-probs")
+    model_args(s, "model")
+    dpo_args(s)
+    s.add_argument("--data", required=True)
+    s.add_argument("--ref", nargs="+", required=True, help="reference log-prob shards of --data")
+    s.add_argument("--selection", help="train only on the pairs this selection keeps")
+    s.add_argument("--epochs", type=float, default=1.0)
+    s.add_argument("--learning-rate", type=float, default=3e-4)
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+
+    s = step("score", cmd_score, "IRM, losses and LossDiff of one shard of training pairs")
+    model_args(s, "warmup", "aux")
+    dpo_args(s)
+    s.add_argument("--data", required=True)
+    s.add_argument("--ref", required=True, help="reference log-probs of this shard")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--out", required=True)
+
+    s = step("merge-scores", cmd_merge_scores, "merge score shards; every training id exactly once")
+    s.add_argument("--shards", nargs="+", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True)
+
+    s = step("select", cmd_select, "apply one selector to the scores")
+    s.add_argument("--name", required=True)
+    s.add_argument("--spec", required=True, help='selector as JSON, e.g. {"bands": {"lossdiff": [10, 90]}}')
+    s.add_argument("--scores", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--like", help="random: the selection whose kept fraction to match")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+
+    s = step("sample", cmd_sample, "sample continuations of held-out prompts from a model")
+    s.add_argument("--model", required=True)
+    s.add_argument("--prompts", required=True)
+    s.add_argument("--samples", type=int, default=4)
+    s.add_argument("--max-new-tokens", type=int, default=20)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+
+    s = step("evaluate", cmd_evaluate, "win rates of the final models against the opponent")
+    s.add_argument("--names", nargs="+", required=True)
+    s.add_argument("--selections", nargs="+", required=True)
+    s.add_argument("--samples", nargs="+", required=True)
+    s.add_argument("--opponent", required=True, help="samples of the opponent model")
+    s.add_argument("--opponent-name", default="sft")
+    s.add_argument("--prompts", required=True)
+    s.add_argument("--data", required=True, help="training pairs (for the demo's ground truth)")
+    s.add_argument("--judge", default="vader")
+    s.add_argument("--out-json", required=True)
+    s.add_argument("--out-md", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"prefselect {args.step}: error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

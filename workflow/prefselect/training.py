@@ -1,0 +1,97 @@
+"""DPO training with TRL's DPOTrainer on reference log-probs that prefselect computed once (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from datasets import Dataset
+from trl import DPOConfig, DPOTrainer
+
+from .io import atomic_path
+from .models import load_model, load_tokenizer
+
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+class PrecomputedRefDPOTrainer(DPOTrainer):
+    """A DPOTrainer that trains on the reference log-probs already in the dataset instead of recomputing them.
+
+    Without a `ref_model`, TRL would take the policy's starting weights as the reference; prefselect's reference is
+    always the SFT model, whose log-probs the dataset carries, so a dataset without them is an error.
+    """
+
+    def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
+        missing = set(REF_COLUMNS) - set(dataset.column_names)
+        if missing:
+            raise ValueError(f"{name} dataset lacks precomputed reference log-probs {sorted(missing)}")
+        return dataset
+
+
+@dataclass
+class DPOSettings:
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    epochs: float = 1.0
+    learning_rate: float = 3e-4
+    batch_size: int = 32
+    max_length: int = 64
+    seed: int = 0
+
+
+def with_ref_logps(pairs: pd.DataFrame, ref_logps: pd.DataFrame) -> Dataset:
+    """The TRL dataset: prompt/chosen/rejected strings plus the reference log-probs, joined by id."""
+    ref = ref_logps.rename(columns={"chosen_logp": REF_COLUMNS[0], "rejected_logp": REF_COLUMNS[1]})
+    table = pairs[["id", "prompt", "chosen", "rejected"]].merge(ref, on="id", how="left", validate="one_to_one")
+    if table[list(REF_COLUMNS)].isna().any().any():
+        raise ValueError("reference log-probs are missing for some pairs; rerun ref_logps")
+    return Dataset.from_pandas(table.drop(columns="id"), preserve_index=False)
+
+
+def dpo_config(settings: DPOSettings, output_dir: str) -> DPOConfig:
+    on_gpu = torch.cuda.is_available()
+    return DPOConfig(
+        output_dir=output_dir,
+        beta=settings.beta,
+        loss_type=[settings.loss_type],
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        max_length=settings.max_length,
+        precompute_ref_log_probs=True,
+        seed=settings.seed,
+        use_cpu=not on_gpu,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+    )
+
+
+def build_trainer(model_path: str, dataset: Dataset, settings: DPOSettings, work_dir: str, **load) -> DPOTrainer:
+    model = load_model(model_path, **load)
+    return PrecomputedRefDPOTrainer(
+        model=model,
+        args=dpo_config(settings, work_dir),
+        train_dataset=dataset,
+        processing_class=load_tokenizer(model_path, **load),
+    )
+
+
+def train_dpo(
+    model_path: str, pairs: pd.DataFrame, ref_logps: pd.DataFrame, out_dir: str, settings: DPOSettings, **load
+) -> list[dict]:
+    """Train `model_path` with DPO on `pairs` against the given reference log-probs; save to `out_dir`."""
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        trainer = build_trainer(model_path, with_ref_logps(pairs, ref_logps), settings, str(tmp), **load)
+        trainer.train()
+        trainer.save_model(str(tmp))
+        history = trainer.state.log_history
+        (Path(tmp) / "training_log.json").write_text(json.dumps(history, indent=1))
+    return history

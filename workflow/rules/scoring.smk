@@ -1,0 +1,33 @@
+# Score every training pair, one job per shard, then merge.
+
+
+rule score:
+    input:
+        warmup=rules.warmup.output,
+        aux=rules.aux.output,
+        data=f"{OUT}/data/train.parquet",
+        ref=f"{OUT}/logps/ref/train/{{shard}}-of-{{shards}}.parquet",
+    output:
+        f"{OUT}/scores/shards/{{shard}}-of-{{shards}}.parquet",
+    params:
+        options=(
+            f"--beta {config['method']['beta']} --loss-type {config['method']['loss_type']} "
+            f"--max-length {DATA['max_length']} --batch-size {config['scoring']['batch_size']} {remote_code()}"
+        ),
+    log:
+        f"{OUT}/logs/score/{{shard}}-of-{{shards}}.log",
+    shell:
+        "prefselect --threads {threads} score --warmup {input.warmup} --aux {input.aux} --data {input.data} "
+        "--ref {input.ref} {params.options} --out {output} > {log} 2>&1"
+
+
+rule merge_scores:
+    input:
+        shards=expand(f"{OUT}/scores/shards/{{i}}-of-{SHARDS}.parquet", i=range(SHARDS)),
+        data=f"{OUT}/data/train.parquet",
+    output:
+        f"{OUT}/scores/scores.parquet",
+    log:
+        f"{OUT}/logs/merge_scores.log",
+    shell:
+        "prefselect merge-scores --shards {input.shards} --data {input.data} --out {output} > {log} 2>&1"
