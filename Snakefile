@@ -1,5 +1,13 @@
 """prefselect: find the preference pairs worth training on for one model, and train it on them."""
 
+import sys
+
+# Rules call `python -m prefselect`; the package lives in workflow/, so a rule's environment only needs its
+# dependencies (envs/prefselect.yaml), not an install of prefselect itself.
+PACKAGE_ROOT = f"{workflow.basedir}/workflow"
+sys.path.insert(0, PACKAGE_ROOT)
+shell.prefix(f"export PYTHONPATH={PACKAGE_ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+
 from prefselect.config import validate as validate_config
 
 
@@ -19,6 +27,7 @@ include: "workflow/rules/evaluation.smk"
 
 
 rule all:
+    default_target: True
     input:
         f"{OUT}/data/report.json",
         f"{OUT}/scores/scores.parquet",
@@ -26,4 +35,3 @@ rule all:
         expand(f"{OUT}/models/final-{{selector}}", selector=SELECTORS),
         f"{OUT}/eval/results.json",
         f"{OUT}/eval/results.md",
-    default_target: True

@@ -13,6 +13,20 @@ def local_model(path):
     return [path] if config["demo"]["enabled"] or Path(path).exists() else []
 
 
+def local_file(path):
+    """A data file as a rule input; a hub id (no file suffix) or an unset path is none."""
+    return [path] if path and Path(path).suffix else []
+
+
+def input_or(name, fallback):
+    """A param: the path of input `name`, or `fallback` (a hub id) where that input is empty."""
+    return lambda wildcards, input: str(input[name]) or fallback
+
+
+def output_folder(name):
+    return lambda wildcards, output: str(Path(output[name]).parent)
+
+
 def ref_shards(split):
     return expand(f"{OUT}/logps/ref/{split}/{{i}}-of-{SHARDS}.parquet", i=range(SHARDS))
 
@@ -32,3 +46,8 @@ def dpo_flags(epochs):
 
 def selector_spec(name):
     return shlex.quote(json.dumps(config["selectors"][name]))
+
+
+def like_selection(wildcards):
+    like = config["selectors"][wildcards.selector].get("like")
+    return [f"{OUT}/selection/{like}.parquet"] if like else []

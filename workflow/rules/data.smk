@@ -3,38 +3,51 @@ DATA = config["data"]
 
 rule prepare:
     input:
-        local_model(SFT),
-        [p for p in (DATA["source"], DATA["validation"]) if p and Path(p).suffix],
+        sft=local_model(SFT),
+        source=local_file(DATA["source"]),
+        validation=local_file(DATA["validation"]),
     output:
         train=f"{OUT}/data/train.parquet",
         val=f"{OUT}/data/val.parquet",
         quarantine=f"{OUT}/data/quarantine.jsonl",
         report=f"{OUT}/data/report.json",
+    log:
+        f"{OUT}/logs/prepare.log",
+    conda:
+        "../../envs/prefselect.yaml"
     params:
-        validation=f"--validation {DATA['validation']}" if DATA["validation"] else "",
+        source=input_or("source", DATA["source"]),
+        model=input_or("sft", SFT),
+        outdir=output_folder("train"),
+        validation=lambda wildcards, input: (
+            f"--validation {input.validation or DATA['validation']}"
+            if DATA["validation"]
+            else ""
+        ),
         options=(
             f"--max-length {DATA['max_length']} --val-fraction {DATA['val_fraction']} "
             f"--min-rows {DATA['min_rows']} --seed {config['seed']} {remote_code()}"
         ),
-    log:
-        f"{OUT}/logs/prepare.log",
     shell:
-        "prefselect prepare --source {DATA[source]} {params.validation} --tokenizer {SFT} "
-        "--out {OUT}/data {params.options} > {log} 2>&1"
+        "python -m prefselect prepare --source {params.source} {params.validation} --tokenizer {params.model} "
+        "--out {params.outdir} {params.options} > {log} 2>&1"
 
 
 rule ref_logps:
     input:
-        local_model(SFT),
+        sft=local_model(SFT),
         data=f"{OUT}/data/{{split}}.parquet",
     output:
         f"{OUT}/logps/ref/{{split}}/{{shard}}-of-{{shards}}.parquet",
-    wildcard_constraints:
-        split="train|val",
-    params:
-        options=f"--max-length {DATA['max_length']} --batch-size {config['scoring']['batch_size']} {remote_code()}",
     log:
         f"{OUT}/logs/ref_logps/{{split}}-{{shard}}-of-{{shards}}.log",
+    wildcard_constraints:
+        split="train|val",
+    conda:
+        "../../envs/prefselect.yaml"
+    params:
+        model=input_or("sft", SFT),
+        options=f"--max-length {DATA['max_length']} --batch-size {config['scoring']['batch_size']} {remote_code()}",
     shell:
-        "prefselect --threads {threads} logps --model {SFT} --data {input.data} --shard {wildcards.shard} "
+        "python -m prefselect --threads {threads} logps --model {params.model} --data {input.data} --shard {wildcards.shard} "
         "--shards {wildcards.shards} {params.options} --out {output} > {log} 2>&1"

@@ -5,12 +5,14 @@ DEMO = config["demo"]
 rule demo_snippets:
     output:
         f"{OUT}/demo/snippets.parquet",
-    params:
-        local_copy=f"--local-copy {DEMO['snippets']}" if DEMO["snippets"] else "",
     log:
         f"{OUT}/logs/demo_snippets.log",
+    conda:
+        "../../envs/prefselect.yaml"
+    params:
+        local_copy=f"--local-copy {DEMO['snippets']}" if DEMO["snippets"] else "",
     shell:
-        "prefselect demo-snippets --out {output} {params.local_copy} > {log} 2>&1"
+        "python -m prefselect demo-snippets --out {output} {params.local_copy} > {log} 2>&1"
 
 
 rule demo_tokenizer:
@@ -18,12 +20,14 @@ rule demo_tokenizer:
         rules.demo_snippets.output,
     output:
         directory(f"{OUT}/demo/tokenizer"),
-    params:
-        vocab_size=DEMO["vocab_size"],
     log:
         f"{OUT}/logs/demo_tokenizer.log",
+    conda:
+        "../../envs/prefselect.yaml"
+    params:
+        vocab_size=DEMO["vocab_size"],
     shell:
-        "prefselect demo-tokenizer --snippets {input} --out {output} --vocab-size {params.vocab_size} > {log} 2>&1"
+        "python -m prefselect demo-tokenizer --snippets {input} --out {output} --vocab-size {params.vocab_size} > {log} 2>&1"
 
 
 rule demo_sft:
@@ -32,15 +36,17 @@ rule demo_sft:
         tokenizer=rules.demo_tokenizer.output,
     output:
         directory(f"{OUT}/models/sft"),
+    log:
+        f"{OUT}/logs/demo_sft.log",
+    conda:
+        "../../envs/prefselect.yaml"
+    threads: 2
     params:
         model=" ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO["model"].items()),
         sft=" ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO["sft"].items()),
         seed=config["seed"],
-    threads: 2
-    log:
-        f"{OUT}/logs/demo_sft.log",
     shell:
-        "prefselect --threads {threads} demo-sft --snippets {input.snippets} --tokenizer {input.tokenizer} "
+        "python -m prefselect --threads {threads} demo-sft --snippets {input.snippets} --tokenizer {input.tokenizer} "
         "--out {output} {params.model} {params.sft} --seed {params.seed} > {log} 2>&1"
 
 
@@ -52,12 +58,15 @@ rule demo_pairs:
         train=f"{OUT}/demo/train.jsonl",
         val=f"{OUT}/demo/val.jsonl",
         eval_prompts=f"{OUT}/demo/eval_prompts.jsonl",
-    params:
-        pairs=" ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO["pairs"].items()),
-        seed=config["seed"],
-    threads: 2
     log:
         f"{OUT}/logs/demo_pairs.log",
+    conda:
+        "../../envs/prefselect.yaml"
+    threads: 2
+    params:
+        outdir=output_folder("train"),
+        pairs=" ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO["pairs"].items()),
+        seed=config["seed"],
     shell:
-        "prefselect --threads {threads} demo-pairs --model {input.model} --snippets {input.snippets} "
-        "--out {OUT}/demo {params.pairs} --seed {params.seed} > {log} 2>&1"
+        "python -m prefselect --threads {threads} demo-pairs --model {input.model} --snippets {input.snippets} "
+        "--out {params.outdir} {params.pairs} --seed {params.seed} > {log} 2>&1"

@@ -9,15 +9,17 @@ rule score:
         ref=f"{OUT}/logps/ref/train/{{shard}}-of-{{shards}}.parquet",
     output:
         f"{OUT}/scores/shards/{{shard}}-of-{{shards}}.parquet",
+    log:
+        f"{OUT}/logs/score/{{shard}}-of-{{shards}}.log",
+    conda:
+        "../../envs/prefselect.yaml"
     params:
         options=(
             f"--beta {config['method']['beta']} --loss-type {config['method']['loss_type']} "
             f"--max-length {DATA['max_length']} --batch-size {config['scoring']['batch_size']} {remote_code()}"
         ),
-    log:
-        f"{OUT}/logs/score/{{shard}}-of-{{shards}}.log",
     shell:
-        "prefselect --threads {threads} score --warmup {input.warmup} --aux {input.aux} --data {input.data} "
+        "python -m prefselect --threads {threads} score --warmup {input.warmup} --aux {input.aux} --data {input.data} "
         "--ref {input.ref} {params.options} --out {output} > {log} 2>&1"
 
 
@@ -29,5 +31,7 @@ rule merge_scores:
         f"{OUT}/scores/scores.parquet",
     log:
         f"{OUT}/logs/merge_scores.log",
+    conda:
+        "../../envs/prefselect.yaml"
     shell:
-        "prefselect merge-scores --shards {input.shards} --data {input.data} --out {output} > {log} 2>&1"
+        "python -m prefselect merge-scores --shards {input.shards} --data {input.data} --out {output} > {log} 2>&1"

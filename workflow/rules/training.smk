@@ -4,17 +4,20 @@ TRAINING = config["training"]
 
 rule warmup:
     input:
-        local_model(SFT),
+        sft=local_model(SFT),
         data=f"{OUT}/data/train.parquet",
         ref=ref_shards("train"),
     output:
         directory(f"{OUT}/models/warmup"),
-    params:
-        flags=dpo_flags(TRAINING["warmup_epochs"]),
     log:
         f"{OUT}/logs/warmup.log",
+    conda:
+        "../../envs/prefselect.yaml"
+    params:
+        model=input_or("sft", SFT),
+        flags=dpo_flags(TRAINING["warmup_epochs"]),
     shell:
-        "prefselect --threads {threads} train --model {SFT} --data {input.data} --ref {input.ref} "
+        "python -m prefselect --threads {threads} train --model {params.model} --data {input.data} --ref {input.ref} "
         "{params.flags} --out {output} > {log} 2>&1"
 
 
@@ -25,13 +28,15 @@ rule aux:
         ref=ref_shards("val"),
     output:
         directory(f"{OUT}/models/aux"),
-    params:
-        init=SFT if config["aux"]["init"] == "sft" else rules.warmup.output[0],
-        flags=dpo_flags(TRAINING["aux_epochs"]),
     log:
         f"{OUT}/logs/aux.log",
+    conda:
+        "../../envs/prefselect.yaml"
+    params:
+        init=input_or("init", SFT),
+        flags=dpo_flags(TRAINING["aux_epochs"]),
     shell:
-        "prefselect --threads {threads} train --model {params.init} --data {input.data} --ref {input.ref} "
+        "python -m prefselect --threads {threads} train --model {params.init} --data {input.data} --ref {input.ref} "
         "{params.flags} --out {output} > {log} 2>&1"
 
 
@@ -43,10 +48,12 @@ rule final:
         ref=ref_shards("train"),
     output:
         directory(f"{OUT}/models/final-{{selector}}"),
-    params:
-        flags=dpo_flags(TRAINING["final_epochs"]),
     log:
         f"{OUT}/logs/final-{{selector}}.log",
+    conda:
+        "../../envs/prefselect.yaml"
+    params:
+        flags=dpo_flags(TRAINING["final_epochs"]),
     shell:
-        "prefselect --threads {threads} train --model {input.warmup} --data {input.data} "
+        "python -m prefselect --threads {threads} train --model {input.warmup} --data {input.data} "
         "--selection {input.selection} --ref {input.ref} {params.flags} --out {output} > {log} 2>&1"
