@@ -1,0 +1,62 @@
+"""The configuration schema: defaults, and errors that name the key before any job runs."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prefselect.config import ConfigError, validate
+
+DEMO = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+
+
+def with_change(path: str, value) -> dict:
+    config = copy.deepcopy(DEMO)
+    *parents, last = path.split(".")
+    node = config
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return config
+
+
+def test_demo_config_validates_and_fills_defaults():
+    config = validate(DEMO)
+    assert config["model"]["path"] == "results/models/sft"
+    assert config["data"]["validation"] == "results/demo/val.jsonl"
+    assert config["scoring"]["batch_size"] == 64
+    assert config["selectors"]["full"]["kind"] == "full"
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        ("method.beta_typo", 0.1, "method: Additional properties"),
+        ("method.beta", "high", "method.beta"),
+        ("method.loss_type", "ipo", "method.loss_type"),
+        ("scoring.shards", 0, "scoring.shards"),
+        ("selectors.lossdiff_irm.bands.lossdiff", [10, 120], "selectors.lossdiff_irm.bands.lossdiff.1"),
+        ("selectors.lossdiff_irm.bands.lossdiff", [90, 10], "selectors.lossdiff_irm.bands.lossdiff"),
+        ("selectors.lossdiff_irm.bands.margin", [10, 90], "selectors.lossdiff_irm.bands"),
+        ("selectors.random.like", "nonexistent", "selectors.random.like: 'nonexistent' is not a selector"),
+        ("aux.init", "scratch", "aux.init"),
+    ],
+)
+def test_bad_values_name_the_key(path, value, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        validate(with_change(path, value))
+
+
+def test_real_data_needs_a_model_and_a_source():
+    config = with_change("demo.enabled", False)
+    del config["selectors"]["oracle"]
+    with pytest.raises(ConfigError, match="model.path"):
+        validate(config)
+    config["model"] = {"path": "org/model"}
+    with pytest.raises(ConfigError, match="data.source"):
+        validate(config)
+    config["data"]["source"] = "pairs.jsonl"
+    config["selectors"]["oracle"] = {"kind": "oracle"}
+    with pytest.raises(ConfigError, match="oracle"):
+        validate(config)
