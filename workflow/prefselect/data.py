@@ -1,0 +1,374 @@
+"""The `prepare` step: read preference pairs, give each a stable id, quarantine the unusable ones, split train/val.
+
+Every input row ends up in exactly one place: `train.parquet`, `val.parquet` or `quarantine.jsonl` (with a
+reason), and `report.json` counts them. Conversational rows are rendered to strings with the tokenizer's chat
+template, exactly as TRL's DPOTrainer renders them, so every later step sees plain prompt/chosen/rejected text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import datasets
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from jinja2.exceptions import TemplateError
+from transformers import PreTrainedTokenizerBase
+from trl.data_utils import extract_prompt
+
+from .io import write_json, write_jsonl, write_parquet
+from .models import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("prompt", "chosen", "rejected")
+REASONS = (
+    "invalid_json", "missing_field", "not_a_string", "empty_field", "identical_completions", "duplicate_id",
+    "prompt_too_long", "mixed_format", "chat_template_mismatch",
+)
+Pair = dict[str, Any]
+
+
+class _Reject(Exception):
+    """A row cannot be used: `reason` is one of REASONS, the message is the detail for a human."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass(eq=False)
+class Row:
+    file: str  # the source or validation argument it came from
+    index: int  # 0-based position in that file
+    raw: Any  # the parsed record, or the raw text of a line that did not parse
+    id: str | None = None
+    reason: str | None = None
+    detail: str = ""
+    pair: Pair | None = None  # rendered prompt/chosen/rejected strings, once usable
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+    def quarantine(self, reason: str, detail: str) -> None:
+        self.reason, self.detail = reason, detail
+
+
+# Reading ---------------------------------------------------------------------------------------------------------
+
+
+def _parse_line(line: bytes, lineno: int, file: str, index: int) -> Row:
+    try:
+        record = json.loads(line.decode("utf-8-sig"))
+        if not isinstance(record, dict):
+            raise ValueError(f"a JSON {type(record).__name__}, not an object")
+    except ValueError as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        text = line.decode("utf-8", errors="replace").rstrip("\r\n")
+        return Row(file, index, text, reason="invalid_json", detail=f"line {lineno}: {err}")
+    return Row(file, index, record)
+
+
+def _read_jsonl(path: Path, file: str) -> list[Row]:
+    rows: list[Row] = []
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():  # blank lines are not rows, as for pandas and datasets
+                rows.append(_parse_line(line, lineno, file, len(rows)))
+    return rows
+
+
+def _read_json(path: Path, file: str) -> list[Row]:
+    try:
+        records = json.loads(path.read_bytes())
+    except ValueError:
+        records = None
+    if not isinstance(records, list):  # JSON Lines content under a .json name
+        return _read_jsonl(path, file)
+    not_object = {"reason": "invalid_json", "detail": "the record is not a JSON object"}
+    return [Row(file, i, r, **({} if isinstance(r, dict) else not_object)) for i, r in enumerate(records)]
+
+
+def _read_parquet(path: Path, file: str) -> list[Row]:
+    return [Row(file, i, r) for i, r in enumerate(pq.read_table(path).to_pylist())]
+
+
+READERS: dict[str, Callable[[Path, str], list[Row]]] = {
+    ".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet,
+}
+
+
+def _load_hub(source: str) -> list[Row]:
+    try:
+        records = datasets.load_dataset(source, split="train").to_list()
+    except Exception as err:  # offline, unknown id, no train split, ...: all mean this source cannot be read
+        raise ValueError(
+            f"data source {source!r}: not a local file, and loading it from the hub failed: {err}"
+        ) from err
+    return [Row(source, i, r) for i, r in enumerate(records)]
+
+
+def read_rows(source: str) -> list[Row]:
+    """Rows of a local .jsonl/.json/.parquet file, or else of the train split of a `datasets` hub id."""
+    path = Path(source)
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        if path.is_file():
+            raise ValueError(f"data source {source!r}: unsupported file type (use .jsonl, .json or .parquet)")
+        return _load_hub(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"data source {source!r}: file not found")
+    try:
+        return reader(path, source)
+    except (OSError, pa.ArrowException) as err:  # e.g. a truncated parquet file cannot be read row by row
+        raise ValueError(f"data source {source!r}: cannot read the file: {err}") from err
+
+
+# Ids and format ----------------------------------------------------------------------------------------------------
+
+
+def content_id(record: dict) -> str:
+    """First 16 hex digits of the sha256 of (prompt, chosen, rejected) as given: same content, same id."""
+    blob = json.dumps([record.get(k) for k in FIELDS], sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _assign_ids(rows: list[Row]) -> None:
+    """Give each parsed row its id; the first row with an id owns it, later ones are duplicates."""
+    has_id = {f: any("id" in r.raw for r in rows if r.ok and r.file == f) for f in {r.file for r in rows}}
+    owners: dict[str, Row] = {}
+    for row in (r for r in rows if r.ok):
+        if not has_id[row.file]:
+            row.id = content_id(row.raw)
+        elif row.raw.get("id") is None:
+            row.quarantine("missing_field", "id is missing or null (the file has an id column)")
+            continue
+        else:
+            row.id = str(row.raw["id"])
+        owner = owners.setdefault(row.id, row)
+        if owner is not row:
+            same = "same content as" if not has_id[row.file] else f"id {row.id!r} already used by"
+            row.quarantine("duplicate_id", f"{same} an earlier row: row {owner.index} of {owner.file}")
+
+
+def _row_format(record: dict) -> str | None:
+    values = [record.get(k) for k in FIELDS]
+    if any(isinstance(v, list) for v in values):
+        return "conversational"
+    return "standard" if any(isinstance(v, str) for v in values) else None
+
+
+def _decide_format(rows: list[Row]) -> str:
+    """The format of the data; rows of the other format are quarantined as `mixed_format`.
+
+    Rendering is per format and TRL infers the format from the first row alone, so a mixed dataset would be
+    mis-tokenized. A few rows of the other format are most likely an export glitch, so the majority of the
+    parsed rows (ties: standard) decides, which keeps the most data.
+    """
+    votes = {row: _row_format(row.raw) for row in rows if row.ok}
+    counts = Counter(v for v in votes.values() if v)
+    fmt = "conversational" if counts["conversational"] > counts["standard"] else "standard"
+    for row, vote in votes.items():
+        if vote not in (None, fmt):
+            row.quarantine("mixed_format", f"a {vote} row; the data is {fmt} ({counts[fmt]} of {counts.total()} rows)")
+    return fmt
+
+
+# Validating and rendering ----------------------------------------------------------------------------------------
+
+
+def _present(record: dict, key: str) -> Any:
+    if record.get(key) is None:
+        raise _Reject("missing_field", f"{key} is missing or null")
+    return record[key]
+
+
+def _check_usable(pair: Pair) -> None:
+    for key, value in pair.items():
+        contents = [value] if isinstance(value, str) else [m["content"] for m in value]
+        if not "".join(contents).strip():
+            raise _Reject("empty_field", f"{key} is empty or whitespace")
+    if pair["chosen"] == pair["rejected"]:
+        raise _Reject("identical_completions", "chosen and rejected are identical")
+
+
+def _standard_pair(record: dict) -> Pair:
+    pair = {key: _present(record, key) for key in FIELDS}
+    for key, value in pair.items():
+        if not isinstance(value, str):
+            raise _Reject("not_a_string", f"{key} is a {type(value).__name__}, expected a string")
+    _check_usable(pair)
+    return pair
+
+
+def _messages(record: dict, key: str) -> list[dict]:
+    value = _present(record, key)
+    if not isinstance(value, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    ):
+        raise _Reject("not_a_string", f"{key} is not a list of {{role, content}} messages with string content")
+    return value
+
+
+def _conversational_pair(record: dict) -> Pair:
+    chosen, rejected = _messages(record, "chosen"), _messages(record, "rejected")
+    if record.get("prompt") is None or isinstance(record["prompt"], str):
+        # Implicit prompt: chosen and rejected are whole conversations sharing the prompt turns. A string prompt
+        # beside them is a copy of the user turn (e.g. ultrafeedback_binarized), as trl's maybe_extract_prompt assumes.
+        _check_usable({"chosen": chosen, "rejected": rejected})  # extract_prompt fails on empty lists
+        pair = extract_prompt({"chosen": chosen, "rejected": rejected})
+    else:
+        pair = {"prompt": _messages(record, "prompt"), "chosen": chosen, "rejected": rejected}
+    _check_usable(pair)
+    return pair
+
+
+def _render(pair: Pair, tokenizer: PreTrainedTokenizerBase) -> Pair:
+    """Prompt and completions as strings, rendered the way TRL's DPOTrainer tokenizes conversational pairs."""
+    try:
+        prompt = tokenizer.apply_chat_template(pair["prompt"], add_generation_prompt=True, tokenize=False)
+        rendered = {"prompt": prompt}
+        for key in ("chosen", "rejected"):
+            full = tokenizer.apply_chat_template(pair["prompt"] + pair[key], tokenize=False)
+            if not full.startswith(prompt):
+                raise _Reject("chat_template_mismatch", f"prompt+{key} does not start with the rendered prompt")
+            rendered[key] = full[len(prompt):]
+    except TemplateError as err:  # the template rejects this conversation (e.g. roles that do not alternate)
+        raise _Reject("chat_template_mismatch", f"the chat template failed: {err}") from err
+    return rendered
+
+
+def _flag_long_prompts(rows: list[Row], tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+    """Quarantine rows whose prompt alone fills max_length: TRL drops them silently.
+
+    The prompt is tokenized as TRL tokenizes the strings we write (`tokenizer(prompt)`, with special tokens),
+    which is never shorter than TRL's own cut, so no row we keep is dropped later.
+    """
+    usable = [r for r in rows if r.ok]
+    if not usable:
+        return
+    for row, ids in zip(usable, tokenizer([r.pair["prompt"] for r in usable])["input_ids"]):
+        if len(ids) >= max_length:
+            row.quarantine("prompt_too_long", f"the prompt has {len(ids)} tokens, max_length is {max_length}")
+
+
+def _make_usable(rows: list[Row], fmt: str, tokenizer: PreTrainedTokenizerBase, name: str, max_length: int) -> None:
+    if fmt == "conversational" and not tokenizer.chat_template:
+        raise ValueError(f"the data is conversational, but tokenizer {name!r} has no chat template to render it")
+    for row in (r for r in rows if r.ok):
+        try:
+            if fmt == "standard":
+                row.pair = _standard_pair(row.raw)
+            else:
+                row.pair = _render(_conversational_pair(row.raw), tokenizer)
+        except _Reject as rejection:
+            row.quarantine(rejection.reason, str(rejection))
+    _flag_long_prompts(rows, tokenizer, max_length)
+
+
+# Split, outputs ----------------------------------------------------------------------------------------------------
+
+
+def in_val(row_id: str, seed: int, val_fraction: float) -> bool:
+    """A hash of (seed, id): a row's side never depends on the other rows, so adding or reordering keeps it."""
+    digest = hashlib.sha256(f"{seed}:{row_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+
+
+def _frame(rows: list[Row]) -> pd.DataFrame:
+    passed = [{k: v for k, v in r.raw.items() if k != "id" and k not in FIELDS} for r in rows]
+    return pd.DataFrame([{"id": r.id, **r.pair, **extra} for r, extra in zip(rows, passed)])
+
+
+def _quarantine_line(row: Row) -> dict:
+    return {
+        "row": row.index, "file": row.file, "id": row.id, "reason": row.reason, "detail": row.detail, "raw": row.raw,
+    }
+
+
+def _quarantine_summary(rows: list[Row]) -> str:
+    bad = [r for r in rows if not r.ok]
+    if not bad:
+        return "none quarantined"
+    first = {r.reason: r for r in reversed(bad)}
+    counts = Counter(r.reason for r in bad)
+    return "quarantined: " + "; ".join(
+        f"{reason} {n} (e.g. {first[reason].file} row {first[reason].index}: {first[reason].detail})"
+        for reason, n in counts.most_common()
+    )
+
+
+def _check_sizes(rows: list[Row], train: list[Row], val: list[Row], min_rows: int) -> None:
+    if len(train) < min_rows:
+        raise ValueError(
+            f"only {len(train)} usable training rows, fewer than data.min_rows = {min_rows}; "
+            + _quarantine_summary(rows)
+        )
+    for name, split in (("train", train), ("val", val)):
+        if not split:
+            raise ValueError(f"the {name} split is empty; {_quarantine_summary(rows)}")
+
+
+def _report(rows: list[Row], files: list[str], train: list[Row], val: list[Row], fmt: str) -> dict:
+    reasons = Counter(r.reason for r in rows if not r.ok)
+    report = {
+        "rows_read": {f: sum(r.file == f for r in rows) for f in files},
+        "train": len(train),
+        "val": len(val),
+        "quarantined": {reason: reasons[reason] for reason in REASONS},
+        "quarantined_total": reasons.total(),
+        "format": fmt,
+    }
+    assert sum(report["rows_read"].values()) == report["train"] + report["val"] + report["quarantined_total"]
+    return report
+
+
+def prepare(
+    source: str,
+    out_dir: str,
+    *,
+    tokenizer: str,
+    max_length: int,
+    validation: str | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    min_rows: int = 1,
+    trust_remote_code: bool = False,
+) -> dict:
+    """Write train.parquet, val.parquet, quarantine.jsonl and report.json under `out_dir`; return the report.
+
+    With `validation`, all kept source rows are training rows; otherwise a row is a validation row when a hash
+    of (seed, id) falls below `val_fraction`.
+    """
+    if validation == source:
+        raise ValueError(f"validation is the same as source ({source!r}): every validation row would be a duplicate")
+    tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
+    files = [source] + ([validation] if validation else [])
+    rows = [row for file in files for row in read_rows(file)]
+    _assign_ids(rows)
+    fmt = _decide_format(rows)
+    _make_usable(rows, fmt, tok, tokenizer, max_length)
+
+    kept = [r for r in rows if r.ok]
+    if validation:
+        train, val = [r for r in kept if r.file == source], [r for r in kept if r.file == validation]
+    else:
+        val_ids = {r.id for r in kept if in_val(r.id, seed, val_fraction)}
+        train, val = [r for r in kept if r.id not in val_ids], [r for r in kept if r.id in val_ids]
+    _check_sizes(rows, train, val, min_rows)
+    report = _report(rows, files, train, val, fmt)
+
+    out = Path(out_dir)
+    write_jsonl((_quarantine_line(r) for r in rows if not r.ok), out / "quarantine.jsonl")
+    write_parquet(_frame(train), out / "train.parquet")
+    write_parquet(_frame(val), out / "val.parquet")
+    write_json(report, out / "report.json")
+    log.info("prepare: %s", json.dumps(report))
+    return report
