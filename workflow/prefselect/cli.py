@@ -196,10 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = step("demo-sft", cmd_demo_sft, "train the demo's tiny SFT model from scratch")
     for name in ("snippets", "tokenizer", "out"):
         s.add_argument(f"--{name}", required=True)
-    for name, default in (("n-layer", 2), ("n-embd", 128), ("n-head", 4), ("n-positions", 64), ("steps", 1500),
+    for name, default in (("n-layer", 3), ("n-embd", 128), ("n-head", 4), ("n-positions", 64), ("steps", 800),
                           ("batch-size", 32), ("seed", 0)):
         s.add_argument(f"--{name}", type=int, default=default)
-    s.add_argument("--learning-rate", type=float, default=3e-3)
+    s.add_argument("--learning-rate", type=float, default=2e-3)
 
     s = step("demo-pairs", cmd_demo_pairs, "sample and label the demo's preference pairs")
     for name in ("model", "snippets", "out"):

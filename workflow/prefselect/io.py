@@ -20,10 +20,12 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
     path.parent.mkdir(parents=True, exist_ok=True)
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        tmp.chmod(0o755)  # mkdtemp makes folders private; outputs are meant to be shared
     else:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)
         tmp = Path(name)
+        tmp.chmod(0o644)  # mkstemp makes files private; outputs are meant to be shared
     try:
         yield tmp
         if is_dir and path.exists():

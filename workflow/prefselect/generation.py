@@ -1,0 +1,53 @@
+"""Sample continuations of text prompts from any causal LM folder."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+def load_model(model_dir: str):
+    """Model and tokenizer from a save_pretrained folder (transformers prefers safetensors when present)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:  # hub models often ship without one; it is only ever masked out
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = ids if isinstance(ids, list) else [ids]
+    return {*ids, tokenizer.eos_token_id} - {None}
+
+
+def cut_at_eos(ids: list[int], eos: set[int]) -> list[int]:
+    return next((ids[:i] for i, t in enumerate(ids) if t in eos), ids)
+
+
+def sample_continuations(model_dir: str, prompts: list[str], samples: int, max_new_tokens: int, seed: int,
+                         batch_size: int = 256, temperature: float = 1.0) -> pd.DataFrame:
+    """`samples` sampled continuations per prompt; prompt + continuation is the full decoded text.
+
+    The same seed, prompts and batch_size give the same samples on the same device.
+    """
+    model, tokenizer = load_model(model_dir)
+    tokenizer.padding_side = "left"  # generated tokens must follow the prompt directly
+    eos = eos_ids(model, tokenizer)
+    jobs = [(p, s) for p in range(len(prompts)) for s in range(samples)]
+    torch.manual_seed(seed)
+    rows = []
+    with torch.inference_mode():
+        for i in range(0, len(jobs), batch_size):
+            batch = jobs[i:i + batch_size]
+            enc = tokenizer([prompts[p] for p, _ in batch], return_tensors="pt", padding=True).to(model.device)
+            out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+            new = out[:, enc["input_ids"].shape[1]:].tolist()
+            for (p, s), ids in zip(batch, new):
+                text = tokenizer.decode(cut_at_eos(ids, eos), skip_special_tokens=True,
+                                        clean_up_tokenization_spaces=False)  # keep prompt + text exact
+                rows.append({"prompt_index": p, "sample": s, "continuation": text})
+    return pd.DataFrame(rows, columns=["prompt_index", "sample", "continuation"])
