@@ -81,13 +81,22 @@ def test_results_report_every_selector(workdir):
     assert sum(report["rows_read"].values()) == report["train"] + report["val"] + report["quarantined_total"]
 
 
-def test_losing_one_score_shard_reruns_only_what_depends_on_it(workdir):
-    (workdir / "results/scores/shards/1-of-2.parquet").unlink()
+def test_rerun_after_a_lost_score_shard_recomputes_only_that_shard_and_its_dependents(workdir):
+    """The state a failed scoring job leaves: its shard and everything downstream missing, the rest intact."""
+    out = workdir / "results"
+    before = pd.read_parquet(out / "scores/scores.parquet")
+    (out / "scores/shards/1-of-2.parquet").unlink()
+    (out / "scores/scores.parquet").unlink()
+    shutil.rmtree(out / "selection")
+    for selector in SELECTORS:
+        shutil.rmtree(out / f"models/final-{selector}")
+        (out / f"eval/samples/final-{selector}.parquet").unlink()
+    for path in ["eval/results.json", "eval/results.md"]:
+        (out / path).unlink()
     planned = jobs_of(snakemake(workdir, "-n").stdout)
     n = len(SELECTORS)
+    # Not planned: demo, prepare, ref_logps, warmup, aux, the other shard, nor sampling the SFT model again.
     assert planned == {"all": 1, "score": 1, "merge_scores": 1, "select": n, "final": n, "sample": n, "evaluate": 1}
-    before = pd.read_parquet(workdir / "results/scores/scores.parquet")
     snakemake(workdir)
-    after = pd.read_parquet(workdir / "results/scores/scores.parquet")
-    pd.testing.assert_frame_equal(before, after)
+    pd.testing.assert_frame_equal(before, pd.read_parquet(out / "scores/scores.parquet"))
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout
