@@ -157,6 +157,25 @@ def cmd_evaluate(a):
     print(results_markdown(results, a.opponent_name))
 
 
+def cmd_diagnose(a):
+    from .diagnostics import diagnose, diagnostics_markdown
+    from .io import write_json, write_text
+
+    diagnostics = diagnose(pd.read_parquet(a.scores), pd.read_parquet(a.data))
+    write_json(diagnostics, a.out_json)
+    write_text(diagnostics_markdown(diagnostics), a.out_md)
+
+
+def cmd_compare(a):
+    from .comparison import compare_runs, comparison_markdown
+    from .io import write_json, write_text
+
+    comparison = compare_runs(a.results, a.baselines)
+    write_json(comparison, a.out_json)
+    write_text(comparison_markdown(comparison), a.out_md)
+    print(comparison_markdown(comparison))
+
+
 # Parser ---------------------------------------------------------------------------------------------------------
 
 
@@ -281,6 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompts", required=True)
     s.add_argument("--data", required=True, help="training pairs (for the demo's ground truth)")
     s.add_argument("--judge", default="vader")
+    s.add_argument("--out-json", required=True)
+    s.add_argument("--out-md", required=True)
+
+    s = step("diagnose", cmd_diagnose, "demo: flipped share per score decile, and each score's AUC")
+    s.add_argument("--scores", required=True)
+    s.add_argument("--data", required=True, help="training pairs with the demo's `flipped`, `oracle_margin`")
+    s.add_argument("--out-json", required=True)
+    s.add_argument("--out-md", required=True)
+
+    s = step("compare", cmd_compare, "mean ± std over runs (seeds) and paired differences against baselines")
+    s.add_argument("--results", nargs="+", required=True, help="eval/results.json of each run")
+    s.add_argument("--baselines", nargs="*", default=["full", "random"])
     s.add_argument("--out-json", required=True)
     s.add_argument("--out-md", required=True)
     return parser

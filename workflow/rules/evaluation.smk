@@ -50,3 +50,19 @@ rule evaluate:
         "python -m prefselect evaluate --names {params.names} --selections {input.selections} --samples {input.samples} "
         "--opponent {input.opponent} --prompts {input.prompts} --data {input.data} --judge {params.judge} "
         "--out-json {output.json} --out-md {output.md} > {log} 2>&1"
+
+
+rule diagnose:
+    input:
+        scores=rules.merge_scores.output,
+        data=f"{OUT}/data/train.parquet",
+    output:
+        json=f"{OUT}/eval/deciles.json",
+        md=f"{OUT}/eval/deciles.md",
+    conda:
+        "../../envs/prefselect.yaml"
+    log:
+        f"{OUT}/logs/diagnose.log",
+    shell:
+        "python -m prefselect diagnose --scores {input.scores} --data {input.data} "
+        "--out-json {output.json} --out-md {output.md} > {log} 2>&1"

@@ -1,0 +1,32 @@
+import json
+
+import pytest
+
+from prefselect.comparison import compare_runs, comparison_markdown
+
+
+def write_run(path, rates):
+    selectors = {name: {"kept_fraction": 0.5, "win_rate": rate} for name, rate in rates.items()}
+    path.write_text(json.dumps({"selectors": selectors}))
+    return str(path)
+
+
+def test_paired_differences_over_runs(tmp_path):
+    runs = [
+        write_run(tmp_path / "a.json", {"full": 0.60, "random": 0.58, "lossdiff_irm": 0.64}),
+        write_run(tmp_path / "b.json", {"full": 0.70, "random": 0.66, "lossdiff_irm": 0.72}),
+    ]
+    table = compare_runs(runs, ["full", "random"])["selectors"]
+    assert table["lossdiff_irm"]["win_rate"]["mean"] == pytest.approx(0.68)
+    assert table["lossdiff_irm"]["vs_full"]["mean"] == pytest.approx(0.03)  # (0.04 + 0.02) / 2
+    assert table["lossdiff_irm"]["vs_full"]["std"] == pytest.approx(0.0141421, abs=1e-6)
+    assert "vs_full" not in table["full"]
+    assert "| lossdiff_irm | 0.50 | 0.680 ± 0.057 | +0.030 ± 0.014 | +0.060 ± 0.000 |" in comparison_markdown(
+        compare_runs(runs, ["full", "random"])
+    )
+
+
+def test_runs_must_have_the_same_selectors(tmp_path):
+    runs = [write_run(tmp_path / "a.json", {"full": 0.6}), write_run(tmp_path / "b.json", {"random": 0.6})]
+    with pytest.raises(ValueError, match="same selectors"):
+        compare_runs(runs, ["full"])
