@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CONTRACT = [
     "data/train.parquet", "data/val.parquet", "data/quarantine.jsonl", "data/report.json",
-    "scores/scores.parquet", "eval/results.json", "eval/results.md",
+    "scores/scores.parquet", "eval/results.json", "eval/results.md", "eval/deciles.md",
 ]
 SCORE_COLUMNS = [
     "id", "ref_chosen_logp", "ref_rejected_logp", "chosen_logp", "rejected_logp", "aux_chosen_logp",
@@ -81,6 +82,13 @@ def test_results_report_every_selector(workdir):
     assert sum(report["rows_read"].values()) == report["train"] + report["val"] + report["quarantined_total"]
 
 
+def test_html_report_holds_the_figures(workdir, tmp_path):
+    snakemake(workdir, "--report", str(tmp_path / "report.zip"))
+    names = [Path(n).name for n in zipfile.ZipFile(tmp_path / "report.zip").namelist()]
+    for figure in ["scores.png", "training.png", "results.png", "results.html", "data.html", "report.html"]:
+        assert figure in names, figure
+
+
 def test_rerun_after_a_lost_score_shard_recomputes_only_that_shard_and_its_dependents(workdir):
     """The state a failed scoring job leaves: its shard and everything downstream missing, the rest intact."""
     out = workdir / "results"
@@ -96,7 +104,10 @@ def test_rerun_after_a_lost_score_shard_recomputes_only_that_shard_and_its_depen
     planned = jobs_of(snakemake(workdir, "-n").stdout)
     n = len(SELECTORS)
     # Not planned: demo, prepare, ref_logps, warmup, aux, the other shard, nor sampling the SFT model again.
-    assert planned == {"all": 1, "score": 1, "merge_scores": 1, "select": n, "final": n, "sample": n, "evaluate": 1}
+    assert planned == {
+        "all": 1, "score": 1, "merge_scores": 1, "select": n, "final": n, "sample": n, "evaluate": 1, "diagnose": 1,
+        "plots": 1,
+    }
     snakemake(workdir)
     pd.testing.assert_frame_equal(before, pd.read_parquet(out / "scores/scores.parquet"))
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout
