@@ -14,6 +14,9 @@ from prefselect.config import validate as validate_config
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 config = validate_config(config)
 
 
@@ -22,6 +25,7 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/training.smk"
 include: "workflow/rules/scoring.smk"
+include: "workflow/rules/influence.smk"
 include: "workflow/rules/selection.smk"
 include: "workflow/rules/evaluation.smk"
 
@@ -35,5 +39,7 @@ rule all:
         expand(f"{OUT}/models/final-{{selector}}", selector=SELECTORS),
         f"{OUT}/eval/results.json",
         f"{OUT}/eval/results.md",
+        INFLUENCE_TARGETS,
         # The demo's ground truth says where the flipped labels sit in each score.
         f"{OUT}/eval/deciles.md" if config["demo"]["enabled"] else [],
+        f"{OUT}/eval/plots/results.png",

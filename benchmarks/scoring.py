@@ -89,7 +89,7 @@ def matmul_flops() -> float:
 def scoring_vs_trl(folder: Path, pairs: pd.DataFrame, batch_size: int) -> dict:
     """Same model, same collated batches: our completion-only forward against TRL's per-example log-probs."""
     ref = pairs[["id"]].assign(chosen_logp=0.0, rejected_logp=0.0)
-    trainer = build_trainer(str(folder), with_ref_logps(pairs, ref), DPOSettings(batch_size=batch_size), "unused")
+    trainer = build_trainer(str(folder), with_ref_logps(pairs, ref), DPOSettings(batch_size=batch_size), str(folder / "trainer"))
     model, tokenizer = trainer.model.eval(), trainer.processing_class
     examples = tokenize_pairs(pairs, tokenizer, 64).select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).to_list()
     batches = [batch for _, batch in collated_batches(examples, tokenizer.pad_token_id, 64, batch_size)]

@@ -41,6 +41,10 @@ def test_demo_config_validates_and_fills_defaults():
         ("selectors.lossdiff_irm.bands.margin", [10, 90], "selectors.lossdiff_irm.bands"),
         ("selectors.random.like", "nonexistent", "selectors.random.like: 'nonexistent' is not a selector"),
         ("aux.init", "scratch", "aux.init"),
+        ("evaluation.judge", "gpt", "evaluation.judge.kind"),
+        ("evaluation.judge", {"kind": "reward_model"}, "evaluation.judge.model: required"),
+        ("evaluation.judge", {"kind": "llm", "model": "m", "timeout_s": 0}, "evaluation.judge.timeout_s"),
+        ("evaluation.opponent", "warmup", "evaluation.opponent"),
     ],
 )
 def test_bad_values_name_the_key(path, value, message):
@@ -59,4 +63,25 @@ def test_real_data_needs_a_model_and_a_source():
     config["data"]["source"] = "pairs.jsonl"
     config["selectors"]["oracle"] = {"kind": "oracle"}
     with pytest.raises(ConfigError, match="oracle"):
+        validate(config)
+
+
+def test_judge_name_stands_for_its_defaults():
+    judge = validate(with_change("evaluation.judge", "vader"))["evaluation"]["judge"]
+    assert judge == validate(with_change("evaluation.judge", {"kind": "vader"}))["evaluation"]["judge"]
+    assert judge == validate({**DEMO, "evaluation": {}})["evaluation"]["judge"]
+    assert judge["kind"] == "vader" and judge["api_key_env"] == "OPENAI_API_KEY"
+
+
+def test_api_key_env_names_a_variable_and_is_never_echoed():
+    with pytest.raises(ConfigError, match="api_key_env") as err:
+        validate(with_change("evaluation.judge", {"kind": "llm", "model": "m", "api_key_env": "sk-abc123"}))
+    assert "sk-abc123" not in str(err.value)
+
+
+def test_full_opponent_needs_the_full_selector():
+    config = with_change("evaluation.opponent", "full")
+    assert validate(config)["evaluation"]["opponent"] == "full"
+    del config["selectors"]["full"]
+    with pytest.raises(ConfigError, match="evaluation.opponent"):
         validate(config)

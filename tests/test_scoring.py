@@ -37,14 +37,14 @@ def test_pair_logps_equal_a_plain_loop(tiny_lm, pairs):
 
 
 @pytest.mark.parametrize("max_length", [64, 12])
-def test_pair_logps_agree_with_trl(tiny_lm, pairs, max_length):
+def test_pair_logps_agree_with_trl(tiny_lm, pairs, max_length, tmp_path):
     """Same numbers as TRL's per-example path, including where max_length truncates completions."""
     model, tokenizer = load_model(tiny_lm), load_tokenizer(tiny_lm)
     pairs = pairs[[len(tokenizer(p)["input_ids"]) < max_length for p in pairs["prompt"]]]
     ours = pair_logps(model, pairs, tokenizer, max_length=max_length)
     ref = ours.assign(chosen_logp=0.0, rejected_logp=0.0)
     settings = DPOSettings(batch_size=8, max_length=max_length)
-    trainer = build_trainer(tiny_lm, with_ref_logps(pairs, ref), settings, "unused")
+    trainer = build_trainer(tiny_lm, with_ref_logps(pairs, ref), settings, str(tmp_path))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))])
     chosen, rejected = trainer.compute_ref_log_probs(trainer.model, batch)
     np.testing.assert_allclose(ours["chosen_logp"], chosen.numpy(), atol=1e-4)
@@ -77,14 +77,14 @@ def test_score_table_lossdiff():
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "hinge"])
-def test_margin_and_loss_equal_trl_evaluation(tiny_lm, tiny_lm_other, pairs, loss_type):
+def test_margin_and_loss_equal_trl_evaluation(tiny_lm, tiny_lm_other, pairs, loss_type, tmp_path):
     """TRL's evaluation loss and mean reward margin of θ against π_ref equal the mean of our loss and IRM."""
     ref = pair_logps(load_model(tiny_lm), pairs, load_tokenizer(tiny_lm), 64)
     warm = pair_logps(load_model(tiny_lm_other), pairs, load_tokenizer(tiny_lm_other), 64)
     ours = score_table(ref, warm, warm, beta=0.1, loss_type=loss_type)
     dataset = with_ref_logps(pairs, ref)
     settings = DPOSettings(batch_size=len(pairs), loss_type=loss_type)
-    metrics = build_trainer(tiny_lm_other, dataset, settings, "unused").evaluate(dataset)
+    metrics = build_trainer(tiny_lm_other, dataset, settings, str(tmp_path)).evaluate(dataset)
     assert metrics["eval_loss"] == pytest.approx(ours["loss"].mean(), abs=1e-4)
     assert metrics["eval_rewards/margins"] == pytest.approx(ours["irm"].mean(), abs=1e-4)
 

@@ -17,9 +17,9 @@ def ref(tiny_lm, pairs):
     return pair_logps(load_model(tiny_lm), pairs, load_tokenizer(tiny_lm), 64)
 
 
-def test_no_reference_forward_runs_during_training(tiny_lm, pairs, ref):
+def test_no_reference_forward_runs_during_training(tiny_lm, pairs, ref, tmp_path):
     settings = DPOSettings(batch_size=8, epochs=2)
-    trainer = build_trainer(tiny_lm, with_ref_logps(pairs, ref), settings, "unused")
+    trainer = build_trainer(tiny_lm, with_ref_logps(pairs, ref), settings, str(tmp_path))
     forwards = []
     trainer.model.register_forward_hook(lambda module, args, output: forwards.append(1))
     trainer.train()
@@ -28,10 +28,10 @@ def test_no_reference_forward_runs_during_training(tiny_lm, pairs, ref):
     assert len(forwards) == steps  # one policy forward per step (chosen and rejected batched), no reference pass
 
 
-def test_missing_reference_log_probs_are_an_error(tiny_lm, pairs):
+def test_missing_reference_log_probs_are_an_error(tiny_lm, pairs, tmp_path):
     dataset = Dataset.from_pandas(pairs[["prompt", "chosen", "rejected"]], preserve_index=False)
     with pytest.raises(ValueError, match="precomputed reference log-probs"):
-        build_trainer(tiny_lm, dataset, DPOSettings(), "unused")
+        build_trainer(tiny_lm, dataset, DPOSettings(), str(tmp_path))
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "hinge"])

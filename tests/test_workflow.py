@@ -24,10 +24,10 @@ SELECTORS = ["lossdiff_irm", "full", "random", "oracle"]
 pytestmark = pytest.mark.e2e
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, config: str = "config.yaml") -> subprocess.CompletedProcess:
     command = [
         sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(REPO / "tests" / "e2e" / "config.yaml"), "--cores", "2", *args,
+        "--configfile", str(REPO / "tests" / "e2e" / config), "--cores", "2", *args,
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]

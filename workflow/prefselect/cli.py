@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 
 import pandas as pd
 import torch
 
+from . import gpus
+
 
 def read_parquets(paths: list[str]) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+
+
+def name_or_json(value: str):
+    """A plain name, or a config object as JSON."""
+    return json.loads(value) if value.lstrip().startswith("{") else value
 
 
 def read_prompts(path: str) -> list[str]:
@@ -83,15 +91,22 @@ def cmd_logps(a):
 def cmd_train(a):
     from .training import DPOSettings, train_dpo
 
+    if a.gpus and a.gpus > 1 and not gpus.launched():
+        # One process per GPU, each running this same command (DeepSpeed shards the work between them).
+        code = subprocess.call(gpus.accelerate_command(a.gpus, a.deepspeed, a.argv))
+        if code:
+            raise SystemExit(code)
+        return
     pairs = pd.read_parquet(a.data)
     if a.selection:
         selection = pd.read_parquet(a.selection)
         pairs = pairs[pairs["id"].isin(selection.loc[selection["selected"], "id"])]
     settings = DPOSettings(
         beta=a.beta, loss_type=a.loss_type, epochs=a.epochs, learning_rate=a.learning_rate,
-        batch_size=a.batch_size, max_length=a.max_length, seed=a.seed,
+        batch_size=a.batch_size, max_length=a.max_length, seed=a.seed, eval_steps=a.eval_steps,
     )
-    train_dpo(a.model, pairs, read_parquets(a.ref), a.out, settings, trust_remote_code=a.trust_remote_code)
+    evaluation = (pd.read_parquet(a.eval_data), read_parquets(a.eval_ref)) if a.eval_data else (None, None)
+    train_dpo(a.model, pairs, read_parquets(a.ref), a.out, settings, *evaluation, trust_remote_code=a.trust_remote_code)
 
 
 def cmd_score(a):
@@ -136,23 +151,21 @@ def cmd_sample(a):
 
 
 def cmd_evaluate(a):
-    from .evaluation import judge_scores, results_markdown, selection_summary, win_rate
+    from .config import judge_settings
+    from .evaluation import results_markdown, selection_summary, win_rates
     from .io import write_json, write_text
 
     if not len(a.names) == len(a.selections) == len(a.samples):
         raise SystemExit("--names, --selections and --samples must have the same length")
-    prompts = read_prompts(a.prompts)
+    judge = judge_settings(a.judge)
+    samples = {name: pd.read_parquet(path) for name, path in zip(a.names, a.samples)}
+    rates = win_rates(judge, read_prompts(a.prompts), samples, pd.read_parquet(a.opponent))
     train = pd.read_parquet(a.data)
-
-    def judged(path):
-        samples = pd.read_parquet(path)
-        return samples.assign(score=judge_scores(a.judge, prompts, samples))
-
-    opponent = judged(a.opponent)
-    results = {}
-    for name, selection, samples in zip(a.names, a.selections, a.samples):
-        results[name] = {**selection_summary(pd.read_parquet(selection), train), **win_rate(judged(samples), opponent)}
-    write_json({"judge": a.judge, "opponent": a.opponent_name, "selectors": results}, a.out_json)
+    results = {
+        name: {**selection_summary(pd.read_parquet(selection), train), **rates[name]}
+        for name, selection in zip(a.names, a.selections)
+    }
+    write_json({"judge": judge, "opponent": a.opponent_name, "selectors": results}, a.out_json)
     write_text(results_markdown(results, a.opponent_name), a.out_md)
     print(results_markdown(results, a.opponent_name))
 
@@ -176,6 +189,100 @@ def cmd_compare(a):
     print(comparison_markdown(comparison))
 
 
+def cmd_plots(a):
+    from .plots import draw_all
+
+    logs = dict(item.split("=", 1) for item in a.training_logs)
+    draw_all(a.scores, a.data, json.loads(a.bands), logs, a.results, a.data_report, a.out)
+
+
+# Influence ------------------------------------------------------------------------------------------------------
+
+
+def influence_settings(a, **projection):
+    from .influence import InfluenceSettings
+
+    return InfluenceSettings(
+        beta=a.beta, loss_type=a.loss_type, max_length=a.max_length, batch_size=a.batch_size, params=a.params,
+        **projection,
+    )
+
+
+def cmd_val_grad(a):
+    from .influence import save_val_grad, validation_gradient
+    from .models import load_model, load_tokenizer
+
+    settings = influence_settings(a)
+    model = load_model(a.model, a.trust_remote_code).to(device())
+    tokenizer = load_tokenizer(a.model, a.trust_remote_code)
+    val_grad = validation_gradient(model, pd.read_parquet(a.data), read_parquets(a.ref), tokenizer, settings)
+    save_val_grad(val_grad, a.out, settings)
+
+
+def cmd_influence(a):
+    from .influence import influence, load_val_grad
+    from .io import write_parquet
+    from .models import load_model, load_tokenizer
+    from .scoring import shard_rows
+
+    settings = influence_settings(a, projection_dim=a.projection_dim, seed=a.seed)
+    pairs = pd.read_parquet(a.data)
+    pairs = pairs.iloc[shard_rows(len(pairs), a.shard, a.shards)]
+    model = load_model(a.model, a.trust_remote_code).to(device())
+    tokenizer = load_tokenizer(a.model, a.trust_remote_code)
+    table = influence(model, pairs, read_parquets(a.ref), tokenizer, load_val_grad(a.val_grad, settings), settings)
+    write_parquet(table, a.out)
+
+
+def cmd_join_influence(a):
+    from .influence import join_influence
+    from .io import write_parquet
+
+    write_parquet(join_influence(pd.read_parquet(a.scores), pd.read_parquet(a.influence)), a.out)
+
+
+def cmd_agreement(a):
+    from .agreement import agreement, agreement_figure, agreement_markdown, stage_seconds
+    from .io import write_json, write_text
+
+    table = pd.read_parquet(a.scores)
+    report = agreement(table, a.tif_band)
+    benchmarks = {}
+    for item in a.benchmarks:
+        stage, path = item.split("=", 1)
+        benchmarks.setdefault(stage, []).append(path)
+    if benchmarks:
+        report["seconds"] = stage_seconds(benchmarks)
+    write_json(report, a.out_json)
+    write_text(agreement_markdown(report), a.out_md)
+    agreement_figure(table, report, a.out_png)
+    print(agreement_markdown(report))
+
+
+def cmd_influence_groups(a):
+    from .groups import influence_groups
+    from .io import write_parquet
+
+    for group, selection in influence_groups(pd.read_parquet(a.influence)).items():
+        write_parquet(selection, f"{a.out}/{group}.parquet")
+
+
+def cmd_group_study(a):
+    from pathlib import Path
+
+    from .groups import curves_figure, group_report, groups_markdown, read_logs
+    from .io import write_json, write_text
+
+    selections = {Path(p).stem: pd.read_parquet(p) for p in a.groups}
+    logs = read_logs(a.models) if a.models else None
+    report = group_report(pd.read_parquet(a.data), selections, pd.read_parquet(a.influence), logs)
+    write_json(report, a.out_json)
+    write_text(groups_markdown(report), a.out_md)
+    if a.out_png:
+        curves_figure(report, a.out_png)
+    print(groups_markdown(report))
+
+
 # Parser ---------------------------------------------------------------------------------------------------------
 
 
@@ -186,6 +293,12 @@ def device() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefselect", description=__doc__)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--gpus", type=int, default=None,
+        help="GPUs of this step: on a workstation it takes that many free ones; inside a SLURM job it keeps the "
+        "job's; 0 or no GPU means the CPU; unset keeps whatever is visible. train on more than one launches one "
+        "DeepSpeed process per GPU",
+    )
     steps = parser.add_subparsers(dest="step", required=True)
 
     def step(name, func, help):
@@ -255,6 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True)
     s.add_argument("--ref", nargs="+", required=True, help="reference log-prob shards of --data")
     s.add_argument("--selection", help="train only on the pairs this selection keeps")
+    s.add_argument("--eval-data", help="pairs to log the loss and reward margin of while training")
+    s.add_argument("--eval-ref", nargs="+", help="reference log-prob shards of --eval-data")
+    s.add_argument("--eval-steps", type=float, default=0.05, help="every N steps; below 1, that share of the run")
+    s.add_argument("--deepspeed", choices=gpus.ZERO_STAGES, default="zero2", help="ZeRO stage when --gpus > 1")
     s.add_argument("--epochs", type=float, default=1.0)
     s.add_argument("--learning-rate", type=float, default=3e-4)
     s.add_argument("--batch-size", type=int, default=32)
@@ -273,6 +390,57 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shards", nargs="+", required=True)
     s.add_argument("--data", required=True)
     s.add_argument("--out", required=True)
+
+    def influence_args(sub):
+        model_args(sub, "model")
+        dpo_args(sub)
+        sub.add_argument("--data", required=True)
+        sub.add_argument("--ref", nargs="+", required=True, help="reference log-prob shards of --data")
+        sub.add_argument("--params", nargs="+", help="glob patterns of parameter names (default: all parameters)")
+        sub.add_argument("--batch-size", type=int, default=32)
+        sub.add_argument("--out", required=True)
+
+    s = step("val-grad", cmd_val_grad, "mean gradient of the training loss over the validation pairs")
+    influence_args(s)
+
+    s = step("influence", cmd_influence, "IF = <per-pair gradient, mean validation gradient> of one shard of pairs")
+    influence_args(s)
+    s.add_argument("--val-grad", required=True)
+    s.add_argument("--shard", type=int, default=0)
+    s.add_argument("--shards", type=int, default=1)
+    s.add_argument("--projection-dim", type=int, help="project gradients to this many dimensions")
+    s.add_argument("--seed", type=int, default=0, help="seed of the projection")
+
+    s = step("merge-influence", cmd_merge_scores, "merge influence shards; every training id exactly once")
+    s.add_argument("--shards", nargs="+", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True)
+
+    s = step("join-influence", cmd_join_influence, "the scores with an `influence` column, for TIF bands")
+    s.add_argument("--scores", required=True)
+    s.add_argument("--influence", required=True)
+    s.add_argument("--out", required=True)
+
+    s = step("agreement", cmd_agreement, "overlaps and correlations of LossDiff, IRM and LossDiff-IRM with IF")
+    s.add_argument("--scores", required=True, help="scores with an `influence` column (join-influence)")
+    s.add_argument("--tif-band", type=float, nargs=2, default=[10, 90])
+    s.add_argument("--benchmarks", nargs="*", default=[], help="stage=benchmark.tsv, e.g. score=... influence=...")
+    s.add_argument("--out-json", required=True)
+    s.add_argument("--out-md", required=True)
+    s.add_argument("--out-png", required=True)
+
+    s = step("influence-groups", cmd_influence_groups, "selections of the small, medium and large IF terciles")
+    s.add_argument("--influence", required=True)
+    s.add_argument("--out", required=True, help="output folder")
+
+    s = step("group-study", cmd_group_study, "flipped share, oracle margin and validation curves per IF group")
+    s.add_argument("--data", required=True, help="training pairs")
+    s.add_argument("--influence", required=True)
+    s.add_argument("--groups", nargs="+", required=True, help="the group selections, {group}.parquet")
+    s.add_argument("--models", nargs="*", default=[], help="group-{group} model folders, to read their curves")
+    s.add_argument("--out-json", required=True)
+    s.add_argument("--out-md", required=True)
+    s.add_argument("--out-png", help="validation curves (with --models)")
 
     s = step("select", cmd_select, "apply one selector to the scores")
     s.add_argument("--name", required=True)
@@ -299,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--opponent-name", default="sft")
     s.add_argument("--prompts", required=True)
     s.add_argument("--data", required=True, help="training pairs (for the demo's ground truth)")
-    s.add_argument("--judge", default="vader")
+    s.add_argument("--judge", type=name_or_json, default="vader",
+                   help='a judge name, or evaluation.judge as JSON, e.g. {"kind": "llm", "model": "gpt-4o-mini"}')
     s.add_argument("--out-json", required=True)
     s.add_argument("--out-md", required=True)
 
@@ -314,15 +483,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--baselines", nargs="*", default=["full", "random"])
     s.add_argument("--out-json", required=True)
     s.add_argument("--out-md", required=True)
+
+    s = step("plots", cmd_plots, "figures and tables of the HTML report")
+    s.add_argument("--scores", required=True)
+    s.add_argument("--data", required=True, help="training pairs")
+    s.add_argument("--bands", default="{}", help="bands to draw on the LossDiff × IRM scatter, as JSON")
+    s.add_argument("--training-logs", nargs="+", required=True, help="stage=training_log.json, one per DPO stage")
+    s.add_argument("--results", required=True)
+    s.add_argument("--data-report", required=True)
+    s.add_argument("--out", required=True, help="output folder")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv  # a training on several GPUs relaunches this same command, once per GPU
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        args.func(args)
+        with gpus.placement(args.gpus):
+            args.func(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"prefselect {args.step}: error: {err}", file=sys.stderr)
         sys.exit(1)

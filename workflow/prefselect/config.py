@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import yaml
@@ -33,16 +34,45 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _check_schema(instance, schema: dict, at: tuple = ()) -> None:
+    """Fill in the defaults of `instance` (the value of key `at`); raise ConfigError naming every bad key."""
+    errors = sorted(_with_defaults(Draft202012Validator)(schema).iter_errors(instance), key=lambda e: list(e.path))
+    if errors:
+        raise ConfigError("\n".join(f"config key {_key([*at, *e.absolute_path])}: {e.message}" for e in errors))
+
+
 def validate(config: dict) -> dict:
     """Return a validated copy of `config` with defaults filled in; raise ConfigError naming the bad key."""
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
     config = copy.deepcopy(config)
-    errors = sorted(_with_defaults(Draft202012Validator)(schema).iter_errors(config), key=lambda e: list(e.path))
-    if errors:
-        raise ConfigError("\n".join(f"config key {_key(e.absolute_path)}: {e.message}" for e in errors))
+    if isinstance(config.get("evaluation"), dict) and "judge" in config["evaluation"]:
+        config["evaluation"]["judge"] = judge_settings(config["evaluation"]["judge"])
+    _check_schema(config, _schema())
     _check_selectors(config["selectors"])
     _check_sources(config)
+    _check_opponent(config)
+    _check_influence(config)
     return resolve_demo(config)
+
+
+def judge_settings(judge: str | dict) -> dict:
+    """`evaluation.judge` checked, with defaults filled in; a plain name stands for {kind: name}."""
+    judge = {"kind": judge} if isinstance(judge, str) else copy.deepcopy(judge)
+    _check_schema(judge, _schema()["properties"]["evaluation"]["properties"]["judge"], ("evaluation", "judge"))
+    if judge["kind"] != "vader" and not judge["model"]:
+        raise ConfigError(f"config key evaluation.judge.model: required for judge kind {judge['kind']!r}")
+    # Not echoed: a value that is no variable name may well be the key itself, pasted in by mistake.
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", judge["api_key_env"]):
+        raise ConfigError("config key evaluation.judge.api_key_env: the name of an environment variable, not the key")
+    return judge
+
+
+def _check_opponent(config: dict) -> None:
+    if config["evaluation"]["opponent"] == "full" and config["selectors"].get("full", {}).get("kind") != "full":
+        raise ConfigError("config key evaluation.opponent: 'full' needs a selector named full of kind full")
 
 
 def _check_selectors(selectors: dict) -> None:
@@ -63,6 +93,17 @@ def _check_selectors(selectors: dict) -> None:
             if like is not None and (like not in selectors or selectors[like]["kind"] == "random"):
                 allowed = sorted(n for n, s in selectors.items() if s["kind"] != "random")
                 raise ConfigError(f"config key {key}.like: {like!r} is not a selector; allowed values: {allowed}")
+
+
+def _check_influence(config: dict) -> None:
+    lo, hi = config["influence"]["agreement_band"]
+    if not lo < hi:
+        raise ConfigError(f"config key influence.agreement_band: lower bound {lo} must be below upper bound {hi}")
+    if config["influence"]["enabled"]:
+        return
+    for name, spec in config["selectors"].items():
+        if "influence" in spec.get("bands", {}):
+            raise ConfigError(f"config key selectors.{name}.bands.influence: needs influence.enabled: true")
 
 
 def _check_sources(config: dict) -> None:

@@ -5,28 +5,41 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-
-def judge_scores(judge: str, prompts: list[str], samples: pd.DataFrame) -> np.ndarray:
-    """Score each sampled continuation (rows of `samples`) in the context of its prompt."""
-    if judge != "vader":
-        raise ValueError(f"evaluation.judge: {judge!r} is not one of ['vader']")
-    from .demo import vader_scores
-
-    texts = [prompts[i] + c for i, c in zip(samples["prompt_index"], samples["continuation"])]
-    return vader_scores(texts)
+from .judges import compare
 
 
-def win_rate(model_scores: pd.DataFrame, opponent_scores: pd.DataFrame) -> dict:
-    """Share of (prompt, sample) comparisons the model wins, ties counting half, with a 95% interval.
+def win_rates(judge: str | dict, prompts: list[str], samples: dict[str, pd.DataFrame],
+              opponent: pd.DataFrame) -> dict[str, dict]:
+    """Win rate of each model's samples (by name) against the opponent's samples of the same (prompt, sample).
 
-    Both frames hold `prompt_index`, `sample`, `score`. The interval is a normal approximation over per-prompt
-    means, since the samples of one prompt are not independent.
+    Every model is judged in one call, so that a judge model is loaded once and an LLM judge's requests share
+    one pool. Each frame holds `prompt_index`, `sample`, `continuation`.
     """
-    paired = model_scores.merge(opponent_scores, on=["prompt_index", "sample"], suffixes=("", "_opp"), validate="1:1")
-    if len(paired) != len(model_scores):
+    paired = pd.concat([_paired(df, opponent).assign(model=name) for name, df in samples.items()], ignore_index=True)
+    verdicts = compare(judge, [prompts[i] for i in paired["prompt_index"]], paired["continuation"].tolist(),
+                       paired["continuation_opp"].tolist())
+    paired["outcome"], paired["malformed"] = verdicts.outcome, verdicts.malformed
+    return {
+        name: {**win_rate(rows["outcome"], rows["prompt_index"]), "malformed": int(rows["malformed"].sum())}
+        for name, rows in paired.groupby("model", sort=False)
+    }
+
+
+def _paired(samples: pd.DataFrame, opponent: pd.DataFrame) -> pd.DataFrame:
+    paired = samples.merge(opponent, on=["prompt_index", "sample"], suffixes=("", "_opp"), validate="1:1")
+    if len(paired) != len(samples):
         raise ValueError("model and opponent were not sampled on the same prompts")
-    outcome = np.sign(paired["score"] - paired["score_opp"]) * 0.5 + 0.5
-    per_prompt = outcome.groupby(paired["prompt_index"]).mean()
+    return paired
+
+
+def win_rate(outcome, prompt_index) -> dict:
+    """Mean of the outcomes (1 win, 0.5 tie, 0 loss) with a 95% interval.
+
+    The interval is a normal approximation over per-prompt means, since the samples of one prompt are not
+    independent.
+    """
+    outcome = pd.Series(np.asarray(outcome, dtype=float))
+    per_prompt = outcome.groupby(np.asarray(prompt_index)).mean()
     half_width = 1.96 * per_prompt.std(ddof=1) / np.sqrt(len(per_prompt))
     rate = float(outcome.mean())
     return {"win_rate": rate, "ci_low": rate - half_width, "ci_high": rate + half_width, "n": int(len(outcome))}

@@ -34,6 +34,14 @@ def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarr
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def collated_batches(examples: list[dict], pad_token_id: int, max_length: int, batch_size: int):
+    """TRL's training batches of `examples` (tokenized pairs), length-sorted; yields (indices, batch)."""
+    collator = DataCollatorForPreference(pad_token_id=pad_token_id, max_length=max_length)
+    lengths = np.array([len(e["prompt_ids"]) + max(len(e["chosen_ids"]), len(e["rejected_ids"])) for e in examples])
+    for index in length_sorted_batches(lengths, batch_size):
+        yield index, collator([examples[i] for i in index])
+
+
 def completion_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed log-probs of the completion tokens of each row of a TRL-collated batch."""
     hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
@@ -56,14 +64,12 @@ def pair_logps(
     """Return `id`, `chosen_logp`, `rejected_logp` for every pair, in the input order."""
     model.eval()
     tokenized = tokenize_pairs(pairs, tokenizer, max_length)
-    collator = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id, max_length=max_length)
     examples = tokenized.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).to_list()
-    lengths = np.array([len(e["prompt_ids"]) + max(len(e["chosen_ids"]), len(e["rejected_ids"])) for e in examples])
     chosen = np.empty(len(examples))
     rejected = np.empty(len(examples))
     device = model.device
-    for index in length_sorted_batches(lengths, batch_size):
-        batch = {k: v.to(device) for k, v in collator([examples[i] for i in index]).items()}
+    for index, batch in collated_batches(examples, tokenizer.pad_token_id, max_length, batch_size):
+        batch = {k: v.to(device) for k, v in batch.items()}
         logps = completion_logps(model, batch).cpu().numpy()
         chosen[index], rejected[index] = logps[: len(index)], logps[len(index) :]
     return pd.DataFrame({"id": pairs["id"].to_numpy(), "chosen_logp": chosen, "rejected_logp": rejected})

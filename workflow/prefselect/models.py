@@ -1,4 +1,4 @@
-"""Loading causal LMs and tokenizers safely: safetensors only, remote code only when asked for."""
+"""Loading models (causal LMs, reward models) and tokenizers safely: safetensors only, remote code on request."""
 
 from __future__ import annotations
 
@@ -25,13 +25,13 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
     return tokenizer
 
 
-def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """Load a causal LM from a folder or hub id, from safetensors weights (never by unpickling)."""
+def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | str = torch.float32,
+               auto_class: type = AutoModelForCausalLM) -> PreTrainedModel:
+    """Load a model (a causal LM unless `auto_class` says otherwise) from a folder or hub id, from safetensors
+    weights (never by unpickling)."""
     _check_source(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, trust_remote_code=trust_remote_code, use_safetensors=True, dtype=dtype
-        )
+        model = auto_class.from_pretrained(path, trust_remote_code=trust_remote_code, use_safetensors=True, dtype=dtype)
     except (OSError, ValueError) as err:
-        raise ValueError(f"cannot load a causal language model from {path!r}: {err}") from err
+        raise ValueError(f"cannot load a model ({auto_class.__name__}) from {path!r}: {err}") from err
     return model

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +43,7 @@ class DPOSettings:
     batch_size: int = 32
     max_length: int = 64
     seed: int = 0
+    eval_steps: float = 0.05  # with an eval set: every that many steps; below 1, that share of the run
 
 
 def with_ref_logps(pairs: pd.DataFrame, ref_logps: pd.DataFrame) -> Dataset:
@@ -51,7 +55,15 @@ def with_ref_logps(pairs: pd.DataFrame, ref_logps: pd.DataFrame) -> Dataset:
     return Dataset.from_pandas(table.drop(columns="id"), preserve_index=False)
 
 
-def dpo_config(settings: DPOSettings, output_dir: str) -> DPOConfig:
+def per_process(batch_size: int) -> int:
+    """The share of one process: a batch is pairs per optimizer step however many processes (GPUs) split it."""
+    processes = int(os.environ.get("WORLD_SIZE", 1))
+    if batch_size % processes:
+        raise ValueError(f"training.batch_size {batch_size} does not split evenly over {processes} GPUs")
+    return batch_size // processes
+
+
+def dpo_config(settings: DPOSettings, output_dir: str, evaluate: bool = False) -> DPOConfig:
     on_gpu = torch.cuda.is_available()
     return DPOConfig(
         output_dir=output_dir,
@@ -60,36 +72,71 @@ def dpo_config(settings: DPOSettings, output_dir: str) -> DPOConfig:
         num_train_epochs=settings.epochs,
         learning_rate=settings.learning_rate,
         lr_scheduler_type="constant",
-        per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.batch_size,
+        per_device_train_batch_size=per_process(settings.batch_size),
+        per_device_eval_batch_size=per_process(settings.batch_size),
         max_length=settings.max_length,
         precompute_ref_log_probs=True,
         seed=settings.seed,
         use_cpu=not on_gpu,
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         logging_steps=1,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=settings.eval_steps,
+        eval_on_start=evaluate,  # the curve starts at the starting model
         save_strategy="no",
         report_to=[],
         disable_tqdm=True,
     )
 
 
-def build_trainer(model_path: str, dataset: Dataset, settings: DPOSettings, work_dir: str, **load) -> DPOTrainer:
+def build_trainer(
+    model_path: str, dataset: Dataset, settings: DPOSettings, work_dir: str, eval_dataset: Dataset | None = None, **load
+) -> DPOTrainer:
     model = load_model(model_path, **load)
     return PrecomputedRefDPOTrainer(
         model=model,
-        args=dpo_config(settings, work_dir),
+        args=dpo_config(settings, work_dir, evaluate=eval_dataset is not None),
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=load_tokenizer(model_path, **load),
     )
 
 
+def output_folder(out_dir: str) -> contextlib.AbstractContextManager:
+    """The main process's atomic output folder; a throwaway one for the other processes of a distributed run."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        return atomic_path(out_dir, is_dir=True)
+    return tempfile.TemporaryDirectory(prefix=f".{Path(out_dir).name}.rank{os.environ['RANK']}.")
+
+
+def describe_processes(trainer: DPOTrainer) -> None:
+    state = trainer.accelerator.state
+    if state.is_main_process:
+        zero = f", DeepSpeed ZeRO-{state.deepspeed_plugin.zero_stage}" if trainer.is_deepspeed_enabled else ""
+        print(f"prefselect train: {state.num_processes} process(es) on {trainer.args.device.type}{zero}", flush=True)
+
+
 def train_dpo(
-    model_path: str, pairs: pd.DataFrame, ref_logps: pd.DataFrame, out_dir: str, settings: DPOSettings, **load
+    model_path: str,
+    pairs: pd.DataFrame,
+    ref_logps: pd.DataFrame,
+    out_dir: str,
+    settings: DPOSettings,
+    eval_pairs: pd.DataFrame | None = None,
+    eval_ref_logps: pd.DataFrame | None = None,
+    **load,
 ) -> list[dict]:
-    """Train `model_path` with DPO on `pairs` against the given reference log-probs; save to `out_dir`."""
-    with atomic_path(out_dir, is_dir=True) as tmp:
-        trainer = build_trainer(model_path, with_ref_logps(pairs, ref_logps), settings, str(tmp), **load)
+    """Train `model_path` with DPO on `pairs` against the given reference log-probs; save to `out_dir`.
+
+    With `eval_pairs` (and their reference log-probs), TRL also logs their loss and reward margin as training goes.
+
+    Under `accelerate launch` every process trains and calls `save_model` (ZeRO-3 gathers the weight shards from
+    all of them), but only the main process writes the folder and renames it into place.
+    """
+    with output_folder(out_dir) as tmp:
+        eval_dataset = None if eval_pairs is None else with_ref_logps(eval_pairs, eval_ref_logps)
+        trainer = build_trainer(model_path, with_ref_logps(pairs, ref_logps), settings, str(tmp), eval_dataset, **load)
+        describe_processes(trainer)
         trainer.train()
         trainer.save_model(str(tmp))
         history = trainer.state.log_history

@@ -40,7 +40,20 @@ def dpo_flags(epochs):
     return (
         f"--beta {m['beta']} --loss-type {m['loss_type']} --epochs {epochs} --learning-rate {t['learning_rate']} "
         f"--batch-size {t['batch_size']} --max-length {config['data']['max_length']} --seed {config['seed']} "
-        + remote_code()
+        f"--deepspeed {t['deepspeed']} {remote_code()}"
+    )
+
+
+def job_resources(section):
+    """GPUs, memory and wall time (minutes) of a job, from config section `scoring` or `training`.
+
+    Memory grows with each attempt, so a job that ran out of it asks for more when the profile retries it.
+    """
+    settings = config[section]
+    return dict(
+        gpu=settings["gpus"],
+        mem_mb=lambda wildcards, attempt: settings["mem_mb"] * attempt,
+        runtime=settings["runtime"],
     )
 
 
@@ -48,6 +61,23 @@ def selector_spec(name):
     return shlex.quote(json.dumps(config["selectors"][name]))
 
 
+def selector_scores(wildcards):
+    """The scores a selector reads: with the `influence` column when one of its bands is on IF (TIF)."""
+    bands = config["selectors"][wildcards.selector].get("bands", {})
+    return f"{OUT}/influence/scores.parquet" if "influence" in bands else f"{OUT}/scores/scores.parquet"
+
+
 def like_selection(wildcards):
     like = config["selectors"][wildcards.selector].get("like")
     return [f"{OUT}/selection/{like}.parquet"] if like else []
+
+
+def drawn_bands():
+    """The bands of the first selector that cuts both LossDiff and IRM (LossDiff-IRM), for the scatter plot."""
+    for spec in config["selectors"].values():
+        if {"lossdiff", "irm"} <= spec.get("bands", {}).keys():
+            return shlex.quote(json.dumps(spec["bands"]))
+    return "'{}'"
+
+
+STAGES = ["warmup", "aux"] + [f"final-{s}" for s in SELECTORS]

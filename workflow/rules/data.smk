@@ -45,9 +45,11 @@ rule ref_logps:
         split="train|val",
     conda:
         "../../envs/prefselect.yaml"
+    resources:
+        **job_resources("scoring"),
     params:
         model=input_or("sft", SFT),
         options=f"--max-length {DATA['max_length']} --batch-size {config['scoring']['batch_size']} {remote_code()}",
     shell:
-        "python -m prefselect --threads {threads} logps --model {params.model} --data {input.data} --shard {wildcards.shard} "
-        "--shards {wildcards.shards} {params.options} --out {output} > {log} 2>&1"
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} logps --model {params.model} --data {input.data} "
+        "--shard {wildcards.shard} --shards {wildcards.shards} {params.options} --out {output} > {log} 2>&1"

@@ -1,6 +1,8 @@
-# Judge the final models against the SFT model on continuations of held-out prompts.
+# Judge the final models against the opponent (the SFT model, or the `full` selector's final model) on
+# continuations of held-out prompts.
 EVAL = config["evaluation"]
 EVAL_PROMPTS = EVAL["prompts"] or f"{OUT}/data/val.parquet"
+OPPONENT_SAMPLES = "sft" if EVAL["opponent"] == "sft" else "final-full"
 
 
 rule sample:
@@ -33,7 +35,7 @@ rule evaluate:
         samples=expand(
             f"{OUT}/eval/samples/final-{{selector}}.parquet", selector=SELECTORS
         ),
-        opponent=f"{OUT}/eval/samples/sft.parquet",
+        opponent=f"{OUT}/eval/samples/{OPPONENT_SAMPLES}.parquet",
         prompts=EVAL_PROMPTS,
         data=f"{OUT}/data/train.parquet",
     output:
@@ -45,11 +47,12 @@ rule evaluate:
         "../../envs/prefselect.yaml"
     params:
         names=SELECTORS,
-        judge=EVAL["judge"],
+        judge=shlex.quote(json.dumps(EVAL["judge"])),
+        opponent=EVAL["opponent"],
     shell:
         "python -m prefselect evaluate --names {params.names} --selections {input.selections} --samples {input.samples} "
-        "--opponent {input.opponent} --prompts {input.prompts} --data {input.data} --judge {params.judge} "
-        "--out-json {output.json} --out-md {output.md} > {log} 2>&1"
+        "--opponent {input.opponent} --opponent-name {params.opponent} --prompts {input.prompts} --data {input.data} "
+        "--judge {params.judge} --out-json {output.json} --out-md {output.md} > {log} 2>&1"
 
 
 rule diagnose:
@@ -59,10 +62,59 @@ rule diagnose:
     output:
         json=f"{OUT}/eval/deciles.json",
         md=f"{OUT}/eval/deciles.md",
-    conda:
-        "../../envs/prefselect.yaml"
     log:
         f"{OUT}/logs/diagnose.log",
+    conda:
+        "../../envs/prefselect.yaml"
     shell:
         "python -m prefselect diagnose --scores {input.scores} --data {input.data} "
         "--out-json {output.json} --out-md {output.md} > {log} 2>&1"
+
+
+rule plots:
+    input:
+        scores=rules.merge_scores.output,
+        data=f"{OUT}/data/train.parquet",
+        models=expand(f"{OUT}/models/{{stage}}", stage=STAGES),
+        results=rules.evaluate.output.json,
+        data_report=rules.prepare.output.report,
+    output:
+        scores=report(
+            f"{OUT}/eval/plots/scores.png",
+            caption="../report/scores.rst",
+            category="Scores",
+        ),
+        training=report(
+            f"{OUT}/eval/plots/training.png",
+            caption="../report/training.rst",
+            category="Training",
+        ),
+        results=report(
+            f"{OUT}/eval/plots/results.png",
+            caption="../report/results.rst",
+            category="Results",
+        ),
+        table=report(
+            f"{OUT}/eval/plots/results.html",
+            caption="../report/results.rst",
+            category="Results",
+        ),
+        data=report(
+            f"{OUT}/eval/plots/data.html",
+            caption="../report/data.rst",
+            category="Data",
+        ),
+    log:
+        f"{OUT}/logs/plots.log",
+    conda:
+        "../../envs/prefselect.yaml"
+    params:
+        bands=drawn_bands(),
+        logs=lambda wildcards, input: [
+            f"{s}={m}/training_log.json" for s, m in zip(STAGES, input.models)
+        ],
+        outdir=output_folder("scores"),
+    shell:
+        "python -m prefselect plots --scores {input.scores} --data {input.data} --bands {params.bands} "
+        "--training-logs {params.logs} --results {input.results} --data-report {input.data_report} "
+        "--out {params.outdir} > {log} 2>&1"

@@ -11,16 +11,20 @@ rule score:
         f"{OUT}/scores/shards/{{shard}}-of-{{shards}}.parquet",
     log:
         f"{OUT}/logs/score/{{shard}}-of-{{shards}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/score/{{shard}}-of-{{shards}}.tsv"
     conda:
         "../../envs/prefselect.yaml"
+    resources:
+        **job_resources("scoring"),
     params:
         options=(
             f"--beta {config['method']['beta']} --loss-type {config['method']['loss_type']} "
             f"--max-length {DATA['max_length']} --batch-size {config['scoring']['batch_size']} {remote_code()}"
         ),
     shell:
-        "python -m prefselect --threads {threads} score --warmup {input.warmup} --aux {input.aux} --data {input.data} "
-        "--ref {input.ref} {params.options} --out {output} > {log} 2>&1"
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} score --warmup {input.warmup} --aux {input.aux} "
+        "--data {input.data} --ref {input.ref} {params.options} --out {output} > {log} 2>&1"
 
 
 rule merge_scores:

@@ -1,6 +1,6 @@
 rule select:
     input:
-        scores=rules.merge_scores.output,
+        scores=selector_scores,
         data=f"{OUT}/data/train.parquet",
         like=like_selection,
     output:

@@ -13,12 +13,14 @@ rule warmup:
         f"{OUT}/logs/warmup.log",
     conda:
         "../../envs/prefselect.yaml"
+    resources:
+        **job_resources("training"),
     params:
         model=input_or("sft", SFT),
         flags=dpo_flags(TRAINING["warmup_epochs"]),
     shell:
-        "python -m prefselect --threads {threads} train --model {params.model} --data {input.data} --ref {input.ref} "
-        "{params.flags} --out {output} > {log} 2>&1"
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --model {params.model} --data {input.data} "
+        "--ref {input.ref} {params.flags} --out {output} > {log} 2>&1"
 
 
 rule aux:
@@ -30,14 +32,18 @@ rule aux:
         directory(f"{OUT}/models/aux"),
     log:
         f"{OUT}/logs/aux.log",
+    benchmark:
+        f"{OUT}/benchmarks/aux.tsv"
     conda:
         "../../envs/prefselect.yaml"
+    resources:
+        **job_resources("training"),
     params:
         init=input_or("init", SFT),
         flags=dpo_flags(TRAINING["aux_epochs"]),
     shell:
-        "python -m prefselect --threads {threads} train --model {params.init} --data {input.data} --ref {input.ref} "
-        "{params.flags} --out {output} > {log} 2>&1"
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --model {params.init} --data {input.data} "
+        "--ref {input.ref} {params.flags} --out {output} > {log} 2>&1"
 
 
 rule final:
@@ -52,8 +58,10 @@ rule final:
         f"{OUT}/logs/final-{{selector}}.log",
     conda:
         "../../envs/prefselect.yaml"
+    resources:
+        **job_resources("training"),
     params:
         flags=dpo_flags(TRAINING["final_epochs"]),
     shell:
-        "python -m prefselect --threads {threads} train --model {input.warmup} --data {input.data} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --model {input.warmup} --data {input.data} "
         "--selection {input.selection} --ref {input.ref} {params.flags} --out {output} > {log} 2>&1"
