@@ -37,11 +37,11 @@ def all_pair_gradients(model_path, pairs, ref, settings) -> dict[str, torch.Tens
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "hinge"])
-def test_per_pair_gradients_equal_a_loop_of_autograd_over_trl_training_loss(tiny_lm, pairs, ref, loss_type):
+def test_per_pair_gradients_equal_a_loop_of_autograd_over_trl_training_loss(tiny_lm, pairs, ref, loss_type, tmp_path):
     pairs = pairs[:8]  # TRL's loss takes ~0.2 s a call on CPU
     settings = InfluenceSettings(loss_type=loss_type, batch_size=3)
     batched = all_pair_gradients(tiny_lm, pairs, ref, settings)
-    trainer = build_trainer(tiny_lm, with_ref_logps(pairs, ref), DPOSettings(loss_type=loss_type), "unused")
+    trainer = build_trainer(tiny_lm, with_ref_logps(pairs, ref), DPOSettings(loss_type=loss_type), str(tmp_path))
     model = trainer.model.eval()
     params = dict(model.named_parameters())
     assert set(params) == set(batched)
