@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 SENTENCES = [
     "the movie was great fun and the cast was wonderful",
@@ -70,3 +70,31 @@ def make_pairs(n: int = 24) -> pd.DataFrame:
 @pytest.fixture
 def pairs() -> pd.DataFrame:
     return make_pairs()
+
+
+CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+
+
+@pytest.fixture(scope="session")
+def reward_model(tmp_path_factory) -> str:
+    """A GPT-2 reward model whose reward is high exactly when the last token is '!' and near 0 otherwise.
+
+    Without blocks and position embeddings, the last hidden state is the layer norm of the last token's
+    embedding; the score head reads its dimension 0, which is 0 for every token but '!'.
+    """
+    folder = build_tiny_lm(tmp_path_factory.mktemp("reward_model"))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    model = GPT2ForSequenceClassification(GPT2Config(
+        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=0, n_head=2, num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    ))
+    with torch.no_grad():
+        model.transformer.wpe.weight.zero_()
+        model.transformer.wte.weight[:, 0] = 0.0
+        model.transformer.wte.weight[tokenizer.convert_tokens_to_ids("!"), 0] = 10.0
+        model.score.weight.zero_()
+        model.score.weight[0, 0] = 1.0
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -40,6 +40,15 @@ def test_demo_config_validates_and_fills_defaults():
         ("selectors.lossdiff_irm.bands.lossdiff", [90, 10], "selectors.lossdiff_irm.bands.lossdiff"),
         ("selectors.lossdiff_irm.bands.margin", [10, 90], "selectors.lossdiff_irm.bands"),
         ("selectors.random.like", "nonexistent", "selectors.random.like: 'nonexistent' is not a selector"),
+        ("selectors.random.like", "random", "selectors.random.like: 'random' is not a selector without `like`"),
+        ("selectors.random.fraction", 0.5, "selectors.random: a random selector needs exactly one of"),
+        ("selectors.full.fraction", 0.5, "selectors.full: `like` and `fraction` do not apply to kind 'full'"),
+        ("selectors.rated", {"kind": "external", "column": "r"}, "selectors.rated: a external selector needs"),
+        ("selectors.rated", {"kind": "external", "fraction": 0.5}, "selectors.rated: an external selector needs exactly"),
+        ("selectors.rated", {"kind": "external", "reward_model": "m", "minus": "r", "fraction": 0.5},
+         "selectors.rated.minus: only together with `column`"),
+        ("selectors.lossdiff_irm.column", "rating", "selectors.lossdiff_irm.column: allowed for kind 'external' only"),
+        ("selectors.lossdiff_irm.like", "random", "selectors.lossdiff_irm.like: 'random' is not a selector without"),
         ("aux.init", "scratch", "aux.init"),
         ("evaluation.judge", "gpt", "evaluation.judge.kind"),
         ("evaluation.judge", {"kind": "reward_model"}, "evaluation.judge.model: required"),
@@ -85,3 +94,12 @@ def test_full_opponent_needs_the_full_selector():
     del config["selectors"]["full"]
     with pytest.raises(ConfigError, match="evaluation.opponent"):
         validate(config)
+
+
+def test_target_fractions_and_external_selectors_validate():
+    config = with_change("selectors.matched", {"bands": {"lossdiff": [30, 100]}, "like": "lossdiff_irm"})
+    config["selectors"]["rated"] = {"kind": "external", "column": "score_chosen", "minus": "score_rejected",
+                                    "fraction": 0.64}
+    config["selectors"]["rm"] = {"kind": "external", "reward_model": "org/rm", "like": "lossdiff_irm"}
+    selectors = validate(config)["selectors"]
+    assert selectors["matched"]["kind"] == "bands" and selectors["rm"]["kind"] == "external"

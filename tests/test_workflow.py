@@ -19,7 +19,7 @@ SCORE_COLUMNS = [
     "id", "ref_chosen_logp", "ref_rejected_logp", "chosen_logp", "rejected_logp", "aux_chosen_logp",
     "aux_rejected_logp", "irm", "aux_irm", "loss", "aux_loss", "lossdiff",
 ]
-SELECTORS = ["lossdiff_irm", "full", "random", "oracle"]
+SELECTORS = ["lossdiff_irm", "full", "random", "oracle", "rated"]
 
 pytestmark = pytest.mark.e2e
 
@@ -74,7 +74,11 @@ def test_results_report_every_selector(workdir):
     assert set(results) == set(SELECTORS)
     assert results["full"]["kept_fraction"] == 1.0
     assert results["oracle"]["flipped_share_kept"] == 0.0
-    assert results["random"]["kept"] == results["lossdiff_irm"]["kept"]
+    assert results["random"]["kept"] == results["lossdiff_irm"]["kept"] == results["rated"]["kept"]
+    train = pd.read_parquet(out / "data/train.parquet").set_index("id")
+    rated = pd.read_parquet(out / "selection/rated.parquet").set_index("id")["selected"]
+    margin = train.loc[rated.index, "oracle_margin"]
+    assert margin[rated].min() >= margin[~rated].max()  # the external selector keeps the best-rated pairs
     for r in results.values():
         assert r["ci_low"] <= r["win_rate"] <= r["ci_high"]
         assert r["n"] == 32 * 2

@@ -2,7 +2,7 @@
 
 Selections are compared at the kept fraction f of the TIF band: each proxy keeps the symmetric percentile band
 [50 − w/2, 50 + w/2] (the same band on both scores for LossDiff-IRM) of the smallest width w that keeps at least f
-of the pairs, found by bisection on w. The overlap of selections A and B is |A ∩ B| / min(|A|, |B|); two independent
+of the pairs (selection.fit_bands). The overlap of selections A and B is |A ∩ B| / min(|A|, |B|); two independent
 random selections of fraction f overlap by f in expectation, which is the baseline to read the overlaps against.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .plots import save
-from .selection import select_bands
+from .selection import fit_bands, select_bands
 
 PROXIES = {"lossdiff": ["lossdiff"], "irm": ["irm"], "lossdiff_irm": ["lossdiff", "irm"]}
 CORRELATED = ("lossdiff", "irm", "aux_irm")
@@ -27,18 +27,7 @@ def overlap(a: np.ndarray, b: np.ndarray) -> float:
 
 def symmetric_band(table: pd.DataFrame, columns: list[str], fraction: float) -> list[float]:
     """The narrowest band [50 − w/2, 50 + w/2] whose intersection over `columns` keeps at least `fraction`."""
-
-    def kept(width: float) -> float:
-        return select_bands(table, {c: [50 - width / 2, 50 + width / 2] for c in columns}).mean()
-
-    narrow, wide = 0.0, 100.0
-    for _ in range(40):  # to 100 / 2^40: far finer than one pair's share of the percentiles
-        middle = (narrow + wide) / 2
-        if kept(middle) >= fraction:
-            wide = middle
-        else:
-            narrow = middle
-    return [50 - wide / 2, 50 + wide / 2]
+    return fit_bands(table, {c: [25, 75] for c in columns}, fraction)[columns[0]]
 
 
 def correlation(x: pd.Series, y: pd.Series) -> dict:

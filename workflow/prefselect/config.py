@@ -84,15 +84,35 @@ def _check_selectors(selectors: dict) -> None:
         for column, (lo, hi) in spec.get("bands", {}).items():
             if not lo < hi:
                 raise ConfigError(f"config key {key}.bands.{column}: lower bound {lo} must be below upper bound {hi}")
-        if kind != "random" and ({"like", "fraction"} & spec.keys()):
-            raise ConfigError(f"config key {key}: `like` and `fraction` apply to kind 'random' only")
-        if kind == "random":
-            like = spec.get("like")
-            if (like is None) == ("fraction" not in spec):
-                raise ConfigError(f"config key {key}: a random selector needs exactly one of `like` or `fraction`")
-            if like is not None and (like not in selectors or selectors[like]["kind"] == "random"):
-                allowed = sorted(n for n, s in selectors.items() if s["kind"] != "random")
-                raise ConfigError(f"config key {key}.like: {like!r} is not a selector; allowed values: {allowed}")
+        _check_external(key, spec)
+        _check_target(key, spec, selectors)
+
+
+def _check_external(key: str, spec: dict) -> None:
+    given = sorted({"column", "minus", "reward_model", "trust_remote_code"} & spec.keys())
+    if spec["kind"] != "external":
+        if given:
+            raise ConfigError(f"config key {key}.{given[0]}: allowed for kind 'external' only")
+        return
+    if ("column" in spec) == ("reward_model" in spec):
+        raise ConfigError(f"config key {key}: an external selector needs exactly one of `column` or `reward_model`")
+    for option, needs in (("minus", "column"), ("trust_remote_code", "reward_model")):
+        if option in spec and needs not in spec:
+            raise ConfigError(f"config key {key}.{option}: only together with `{needs}`")
+
+
+def _check_target(key: str, spec: dict, selectors: dict) -> None:
+    """`like` or `fraction`: required for random and external, optional for bands, not allowed otherwise."""
+    kind, like = spec["kind"], spec.get("like")
+    given = {"like", "fraction"} & spec.keys()
+    if kind in ("full", "oracle") and given:
+        raise ConfigError(f"config key {key}: `like` and `fraction` do not apply to kind {kind!r}")
+    if len(given) > 1 or (kind in ("random", "external") and not given):
+        raise ConfigError(f"config key {key}: a {kind} selector needs exactly one of `like` or `fraction`")
+    # A selection with a `like` of its own could close a cycle; one without it never waits on another.
+    allowed = sorted(n for n, s in selectors.items() if "like" not in s and f"selectors.{n}" != key)
+    if like is not None and like not in allowed:
+        raise ConfigError(f"config key {key}.like: {like!r} is not a selector without `like`; allowed values: {allowed}")
 
 
 def _check_influence(config: dict) -> None:

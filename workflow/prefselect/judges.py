@@ -49,7 +49,7 @@ def compare(judge_config: str | dict, prompts: list, first: list[str], second: l
     judge = judge_settings(judge_config)
     if judge["kind"] == "llm":
         return _ask_llm(judge, prompts, first, second)
-    score = _vader_scores if judge["kind"] == "vader" else partial(_reward_scores, judge)
+    score = _vader_scores if judge["kind"] == "vader" else partial(reward_scores, judge)
     return _by_score(score, prompts, first, second)
 
 
@@ -74,7 +74,7 @@ def _vader_scores(prompts: list[str], continuations: list[str]) -> np.ndarray:
     return vader_scores([p + c for p, c in zip(prompts, continuations)])
 
 
-def _reward_scores(judge: dict, prompts: list, continuations: list[str]) -> np.ndarray:
+def reward_scores(judge: dict, prompts: list, continuations: list[str]) -> np.ndarray:
     """Reward of each prompt + continuation: the one output of a sequence-classification model."""
     import torch
     from transformers import AutoModelForSequenceClassification

@@ -62,9 +62,18 @@ def selector_spec(name):
 
 
 def selector_scores(wildcards):
-    """The scores a selector reads: with the `influence` column when one of its bands is on IF (TIF)."""
-    bands = config["selectors"][wildcards.selector].get("bands", {})
+    """The scores a selector reads: its external score, or the method's scores (with `influence` for TIF)."""
+    spec = config["selectors"][wildcards.selector]
+    if spec["kind"] == "external":
+        return f"{OUT}/scores/external/{wildcards.selector}.parquet"
+    bands = spec.get("bands", {})
     return f"{OUT}/influence/scores.parquet" if "influence" in bands else f"{OUT}/scores/scores.parquet"
+
+
+def reward_model(wildcards):
+    """An external selector's reward model as an input, where it is a local folder."""
+    path = config["selectors"][wildcards.selector].get("reward_model")
+    return [path] if path and Path(path).exists() else []
 
 
 def like_selection(wildcards):

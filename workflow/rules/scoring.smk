@@ -39,3 +39,24 @@ rule merge_scores:
         "../../envs/prefselect.yaml"
     shell:
         "python -m prefselect merge-scores --shards {input.shards} --data {input.data} --out {output} > {log} 2>&1"
+
+
+rule external_score:
+    input:
+        data=f"{OUT}/data/train.parquet",
+        reward_model=reward_model,
+    output:
+        f"{OUT}/scores/external/{{selector}}.parquet",
+    log:
+        f"{OUT}/logs/external_score/{{selector}}.log",
+    wildcard_constraints:
+        selector="|".join(SELECTORS),
+    conda:
+        "../../envs/prefselect.yaml"
+    resources:
+        **job_resources("scoring"),
+    params:
+        spec=lambda wildcards: selector_spec(wildcards.selector),
+    shell:
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} external-score --spec {params.spec} "
+        "--data {input.data} --out {output} > {log} 2>&1"
