@@ -11,7 +11,11 @@ shell.prefix(f"export PYTHONPATH={PACKAGE_ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}
 from prefselect.config import validate as validate_config
 
 
-configfile: "config/config.yaml"
+# The demo is the configuration when none is given. A --configfile replaces it rather than extending it, so that
+# no demo key or demo selector leaks into a user's configuration (keys left out take the schema's defaults).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"
@@ -22,6 +26,7 @@ config = validate_config(config)
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
+include: "workflow/rules/sources.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/training.smk"
 include: "workflow/rules/scoring.smk"

@@ -103,3 +103,20 @@ def test_target_fractions_and_external_selectors_validate():
     config["selectors"]["rm"] = {"kind": "external", "reward_model": "org/rm", "like": "lossdiff_irm"}
     selectors = validate(config)["selectors"]
     assert selectors["matched"]["kind"] == "bands" and selectors["rm"]["kind"] == "external"
+
+
+def test_snakemake_stops_on_a_bad_config_before_any_job(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(with_change("selectors.lossdiff_irm.bands.lossdiff", [90, 10])))
+    repo = Path(__file__).parents[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(repo / "Snakefile"), "--directory", str(tmp_path),
+         "--configfile", str(bad), "--cores", "1"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert "selectors.lossdiff_irm.bands.lossdiff: lower bound 90 must be below upper bound 10" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()

@@ -271,7 +271,7 @@ def test_min_rows_and_empty_split_errors(tmp_path, tok_path):
 def test_hub_id_offline_is_a_clear_error(tmp_path, tok_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    expected = "data source 'nobody/no-such-prefs': not a local file, and loading it from the hub failed"
+    expected = "data source 'nobody/no-such-prefs': not a local file, and loading split 'train' from the hub failed"
     with pytest.raises(ValueError, match=expected):
         prepare("nobody/no-such-prefs", str(tmp_path / "out"), tokenizer=tok_path, max_length=64)
 
@@ -292,3 +292,111 @@ def test_truncated_parquet_is_a_file_level_error(tmp_path, tok_path):
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(ValueError, match=f"data source '{path}': cannot read the file"):
         prepare(str(path), str(tmp_path / "out"), tokenizer=tok_path, max_length=64)
+
+
+# ShareGPT (LLaMA-Factory's dpo_en_demo.json) and the test split ----------------------------------------------------
+
+SHAREGPT_ROLE = {"user": "human", "assistant": "gpt", "system": "system"}
+
+
+def turn(role: str, text: str) -> dict:
+    return {"from": role, "value": text}
+
+
+def sharegpt_row(i: int, history: int = 0, system: bool = False) -> dict:
+    row = good_row(i)
+    turns = [turn("system", "be brief")] if system else []
+    turns += [turn(r, f"{r} {k}") for k in range(history) for r in ("human", "gpt")]
+    return {"conversations": turns + [turn("human", row["prompt"])], "chosen": turn("gpt", row["chosen"]),
+            "rejected": turn("gpt", row["rejected"])}
+
+
+def as_messages(turns: list[dict]) -> list[dict]:
+    roles = {v: k for k, v in SHAREGPT_ROLE.items()}
+    return [{"role": roles[t["from"]], "content": t["value"]} for t in turns]
+
+
+def test_sharegpt_rows_become_conversational_pairs_or_are_quarantined(tmp_path, tok_path):
+    tokenizer = AutoTokenizer.from_pretrained(tok_path)
+    good = [sharegpt_row(i, history=i % 3, system=i % 4 == 0) for i in range(12)]
+    good[5]["chosen"]["value"] = " " + " ".join(WORDS * 5)  # a long answer: kept, cut at max_length later
+    same_answers = {**sharegpt_row(7), "conversations": [turn("human", "another question")]}  # not a duplicate
+    crafted = {
+        13: ("missing_field", {k: v for k, v in sharegpt_row(13).items() if k != "chosen"}),
+        14: ("not_a_string", {**sharegpt_row(14), "conversations": "hello"}),
+        15: ("not_a_string", {**sharegpt_row(15), "rejected": turn("gpt", 3)}),
+        16: ("invalid_roles", {**sharegpt_row(16), "conversations": [turn("function_call", "{}"), turn("human", "a")]}),
+        17: ("invalid_roles", {**sharegpt_row(17), "conversations": [turn("human", "a"), turn("gpt", "b")]}),
+        18: ("invalid_roles", {**sharegpt_row(18), "chosen": turn("human", "not an answer")}),
+        19: ("empty_field", {**sharegpt_row(19), "conversations": []}),
+        20: ("empty_field", {**sharegpt_row(20), "rejected": turn("gpt", " \n")}),
+        21: ("identical_completions", {**sharegpt_row(21), "rejected": sharegpt_row(21)["chosen"]}),
+        22: ("duplicate_id", good[3]),
+        23: ("mixed_format", good_row(23)),
+        24: ("prompt_too_long", {**sharegpt_row(24), "conversations": [turn("human", " ".join(WORDS * 10))]}),
+    }
+    src = tmp_path / "pairs.json"  # LLaMA-Factory's layout: one JSON array
+    src.write_text(json.dumps(good + [same_answers] + [row for _, row in crafted.values()]))
+    report = prepare(str(src), str(tmp_path / "out"), tokenizer=tok_path, max_length=96, val_fraction=0.3)
+    train, val, quarantine, _ = outputs(tmp_path / "out")
+
+    assert report["format"] == "sharegpt" and min(report["train"], report["val"]) > 0
+    assert {q["row"]: q["reason"] for q in quarantine} == {i: reason for i, (reason, _) in crafted.items()}
+    assert report["quarantined"] == {r: sum(reason == r for reason, _ in crafted.values()) for r in REASONS}
+    assert "function_call" in next(q["detail"] for q in quarantine if q["row"] == 16)
+    check_invariant(report)
+    kept = pd.concat([train, val])
+    assert len(kept) == 13 and list(kept.columns) == ["id", "prompt", "chosen", "rejected"]  # no `conversations`
+
+    by_prompt = kept.set_index("prompt")
+    for row in good + [same_answers]:
+        prompt = as_messages(row["conversations"])
+        rendered = by_prompt.loc[tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)]
+        for key in ("chosen", "rejected"):
+            full = tokenizer.apply_chat_template(prompt + as_messages([row[key]]), tokenize=False)
+            assert rendered.name + rendered[key] == full
+    # TRL tokenizing our strings gives the tokens it gives the same pairs in its conversational format, truncated
+    conversational = [{"prompt": as_messages(r["conversations"]), "chosen": as_messages([r["chosen"]]),
+                       "rejected": as_messages([r["rejected"]])} for r in good]
+    order = [tokenizer.apply_chat_template(c["prompt"], add_generation_prompt=True, tokenize=False)
+             for c in conversational]
+    ours = trl_tokenize(by_prompt.loc[order].reset_index()[["prompt", "chosen", "rejected"]].to_dict("records"),
+                        tokenizer, 96)
+    theirs = trl_tokenize(conversational, tokenizer, 96)
+    for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
+        assert ours[key] == theirs[key]
+    assert len(ours[5]["prompt_ids"]) + len(ours[5]["chosen_ids"]) > 96  # the long answer, which TRL's collator cuts
+
+
+def test_chatml_completion_keeps_one_eos(tmp_path):
+    """A template that writes `<|eos|>\\n` after each turn: the completion ends at its EOS, so TRL adds no second."""
+    template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}\n{% endfor %}" \
+               "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    tok_path = _save_tokenizer(tmp_path / "tok", template)
+    tokenizer = AutoTokenizer.from_pretrained(tok_path)
+    rows = [sharegpt_row(i) for i in range(10)]
+    src = tmp_path / "pairs.json"
+    src.write_text(json.dumps(rows))
+    prepare(str(src), str(tmp_path / "out"), tokenizer=tok_path, max_length=64, val_fraction=0.3)
+    train, val, _, _ = outputs(tmp_path / "out")
+    kept = pd.concat([train, val])
+    assert kept["chosen"].str.endswith("<|eos|>").all()
+    assert not kept["chosen"].str.contains("<|eos|>\n", regex=False).any()
+    ours = trl_tokenize(kept[["prompt", "chosen", "rejected"]].to_dict("records"), tokenizer, 64)
+    eos = tokenizer.eos_token_id
+    assert all(ids.count(eos) == 1 and ids[-1] == eos for ids in ours["chosen_ids"])
+
+
+def test_test_split_is_held_out_and_stable(tmp_path, tok_path):
+    src = write_lines(tmp_path / "d.jsonl", [good_row(i) for i in range(60)])
+    without = prepare(src, str(tmp_path / "a"), tokenizer=tok_path, max_length=64, val_fraction=0.2)
+    report = prepare(src, str(tmp_path / "b"), tokenizer=tok_path, max_length=64, val_fraction=0.2,
+                     test_fraction=0.25)
+    train, val, _, _ = outputs(tmp_path / "b")
+    test = pd.read_parquet(tmp_path / "b" / "test.parquet")
+    assert report["test"] == len(test) > 0 and without["test"] == 0
+    assert len(pd.read_parquet(tmp_path / "a" / "test.parquet")) == 0
+    assert report["train"] + report["val"] + report["test"] == 60 == sum(report["rows_read"].values())
+    assert not set(test["id"]) & (set(train["id"]) | set(val["id"]))
+    assert set(val["id"]) == set(pd.read_parquet(tmp_path / "a" / "val.parquet")["id"])  # val does not move
+    assert test["id"].map(lambda i: not in_val(i, 0, 0.75)).all()

@@ -53,13 +53,18 @@ def test_two_deepspeed_processes_train_the_same_model_as_one_process(data, tiny_
     command = [
         sys.executable, "-m", "prefselect", "--gpus", "2", "train", "--deepspeed", zero, "--model", tiny_lm,
         "--data", str(data / "pairs.parquet"), "--ref", str(data / "ref.parquet"), "--batch-size", "8",
-        "--max-length", "48", "--out", str(out),
+        "--max-length", "48", "--save-steps", "2", "--checkpoint-dir", str(data / f"checkpoints-{zero}"),
+        "--out", str(out),
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert f"2 process(es) on cpu, DeepSpeed ZeRO-{zero[-1]}" in result.stdout
     # Only the main process wrote the folder, and no temporary folder is left behind.
     assert sorted(p.name for p in data.iterdir() if p.name.startswith(f".{zero}")) == []
+    # Both processes saved their DeepSpeed checkpoint shards into one folder, every 2 of the 4 steps; the main
+    # process removed it once the model was complete.
+    assert "checkpoint at step 2" in result.stdout and "checkpoint at step 4" in result.stdout
+    assert not (data / f"checkpoints-{zero}").exists()
     trained, start = weights(out), weights(tiny_lm)
     assert trained.keys() == one_process.keys()
     for name, value in trained.items():

@@ -1,15 +1,28 @@
 """DPO through TRL on prefselect's precomputed reference log-probs."""
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from conftest import make_pairs
 from datasets import Dataset
+from transformers import TrainerCallback
 
 from prefselect.logps import pair_logps
 from prefselect.models import load_model, load_tokenizer
-from prefselect.training import DPOSettings, build_trainer, train_dpo, with_ref_logps
+from prefselect.training import DPOSettings, build_trainer, last_checkpoint, run_key, train_dpo, with_ref_logps
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -46,3 +59,82 @@ def test_train_saves_a_loadable_model_that_learned(tiny_lm, pairs, ref, tmp_path
     assert json.loads((out / "training_log.json").read_text())[0]["loss"] == pytest.approx(history[0]["loss"])
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary left behind
     assert torch.isfinite(torch.tensor(after["chosen_logp"].to_numpy())).all()
+
+
+def test_a_killed_training_resumes_from_its_last_checkpoint_and_ends_as_an_uninterrupted_one(tiny_lm, tmp_path):
+    pairs = make_pairs(48)
+    logps = -np.arange(48.0) - 20
+    ref = pd.DataFrame({"id": pairs["id"], "chosen_logp": logps, "rejected_logp": logps - 1})
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    ref.to_parquet(tmp_path / "ref.parquet")
+    settings = DPOSettings(batch_size=2, epochs=2, max_length=48)
+    steps = 2 * 48 // 2
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the command below: a sum over threads would round differently
+    try:
+        train_dpo(tiny_lm, pairs, ref, str(tmp_path / "uninterrupted"), settings)
+    finally:
+        torch.set_num_threads(threads)
+
+    out, checkpoints = tmp_path / "models" / "warmup", tmp_path / "checkpoints" / "warmup"
+    command = [
+        sys.executable, "-m", "prefselect", "--threads", "1", "train", "--model", tiny_lm,
+        "--data", str(tmp_path / "pairs.parquet"), "--ref", str(tmp_path / "ref.parquet"), "--batch-size", "2",
+        "--epochs", "2", "--max-length", "48", "--save-steps", "5", "--checkpoint-dir", str(checkpoints),
+        "--out", str(out),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not list(checkpoints.glob("run-*/checkpoint-*/trainer_state.json")):
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not out.exists()
+    (last,) = checkpoints.glob("run-*/checkpoint-*")
+    done = int(last.name.split("-")[1])
+    assert 0 < done < steps
+    # What a kill while saving the next checkpoint leaves: its folder, without the trainer state written last.
+    partial = shutil.copytree(last, last.parent / f"checkpoint-{steps}")
+    (partial / "trainer_state.json").unlink()
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert f"resuming from {last} (step {done})" in rerun.stdout
+    # The rerun made only the remaining optimizer steps (one log line each), not the whole run again...
+    assert sum(line.startswith("{'loss'") for line in rerun.stdout.splitlines()) == steps - done
+    log = json.loads((out / "training_log.json").read_text())
+    assert log[-1]["step"] == steps
+    assert [entry["step"] for entry in log if "loss" in entry] == list(range(1, steps + 1))
+    # ...on the same batches, with the same optimizer state: the same model as an uninterrupted run.
+    resumed, uninterrupted = load_model(str(out)).state_dict(), load_model(str(tmp_path / "uninterrupted")).state_dict()
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-5, msg=name)
+    assert not checkpoints.exists()  # removed once the model is complete
+
+
+class StopAfter(TrainerCallback):
+    """Ends training after a step, as a kill right after that step's checkpoint would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_training_stop = state.global_step >= self.step
+
+
+def test_checkpoints_of_a_run_with_other_settings_are_not_resumed(tiny_lm, pairs, ref, tmp_path, capsys):
+    checkpoints = tmp_path / "checkpoints"
+    before = DPOSettings(batch_size=8, epochs=2, save_steps=3, learning_rate=1e-3)
+    stale = checkpoints / f"run-{run_key(tiny_lm, pairs, ref, before, None, None)}"
+    trainer = build_trainer(tiny_lm, with_ref_logps(pairs, ref), before, str(stale))
+    trainer.add_callback(StopAfter(3))
+    trainer.train()
+    assert last_checkpoint(stale).name == "checkpoint-3"
+    # The same run with another learning rate, in the same checkpoint folder (e.g. after a config change).
+    history = train_dpo(tiny_lm, pairs, ref, str(tmp_path / "model"), replace(before, learning_rate=2e-3),
+                        checkpoint_dir=str(checkpoints))
+    assert "resuming" not in capsys.readouterr().out
+    steps = [entry for entry in history if "loss" in entry]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6] and {e["learning_rate"] for e in steps} == {2e-3}
+    assert not checkpoints.exists()

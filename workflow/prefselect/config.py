@@ -55,14 +55,15 @@ def validate(config: dict) -> dict:
     _check_sources(config)
     _check_opponent(config)
     _check_influence(config)
-    return resolve_demo(config)
+    _check_heldout(config)
+    return resolve_sources(resolve_demo(config))
 
 
 def judge_settings(judge: str | dict) -> dict:
     """`evaluation.judge` checked, with defaults filled in; a plain name stands for {kind: name}."""
     judge = {"kind": judge} if isinstance(judge, str) else copy.deepcopy(judge)
     _check_schema(judge, _schema()["properties"]["evaluation"]["properties"]["judge"], ("evaluation", "judge"))
-    if judge["kind"] != "vader" and not judge["model"]:
+    if judge["kind"] in ("reward_model", "llm") and not judge["model"]:
         raise ConfigError(f"config key evaluation.judge.model: required for judge kind {judge['kind']!r}")
     # Not echoed: a value that is no variable name may well be the key itself, pasted in by mistake.
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", judge["api_key_env"]):
@@ -127,18 +128,48 @@ def _check_influence(config: dict) -> None:
 
 
 def _check_sources(config: dict) -> None:
+    model, data = config["model"], config["data"]
+    packaged = (("model.gguf", model["gguf"], "model.path", model["path"]),
+                ("data.package", data["package"], "data.source", data["source"]))
+    for key, spec, made, given in packaged:
+        if spec is not None and given is not None:
+            raise ConfigError(f"config key {key}: it makes {made}, so {made} must not be set as well")
+        if spec is not None and not (spec["requirement"] or spec["local_copy"]):
+            raise ConfigError(f"config key {key}: needs a requirement to download, or a local_copy")
     if config["demo"]["enabled"]:
-        for key in ("model", "data"):
-            given = config[key]["path" if key == "model" else "source"]
+        for key, given in (("model", model["path"] or model["gguf"]), ("data", data["source"] or data["package"])):
             if given is not None:
-                raise ConfigError(f"config key {key}: the demo builds its own; set demo.enabled: false to use {given!r}")
+                raise ConfigError(
+                    f"config key {key}: the demo builds its own; set demo.enabled: false to use {given!r}"
+                )
         return
-    if config["model"]["path"] is None:
-        raise ConfigError("config key model.path: required (a hub id or local folder) unless demo.enabled is true")
-    if config["data"]["source"] is None:
-        raise ConfigError("config key data.source: required (a hub id or local file) unless demo.enabled is true")
+    if config["model"]["path"] is None and config["model"]["gguf"] is None:
+        raise ConfigError("config key model.path: required (a hub id or local folder, or model.gguf) unless "
+                          "demo.enabled is true")
+    if config["data"]["source"] is None and config["data"]["package"] is None:
+        raise ConfigError("config key data.source: required (a hub id or local file, or data.package) unless "
+                          "demo.enabled is true")
     if any(spec["kind"] == "oracle" for spec in config["selectors"].values()):
         raise ConfigError("config key selectors: the oracle selector needs the demo's ground truth (demo.enabled)")
+
+
+def _check_heldout(config: dict) -> None:
+    data = config["data"]
+    if data["validation"] is None and data["val_fraction"] + data["test_fraction"] >= 1:
+        raise ConfigError("config key data.test_fraction: data.val_fraction + data.test_fraction must stay below 1")
+    if config["evaluation"]["judge"]["kind"] == "likelihood" and not data["test_fraction"]:
+        raise ConfigError("config key data.test_fraction: the likelihood judge needs test pairs that no stage trains "
+                          "or selects on; set it above 0 (e.g. 0.2)")
+
+
+def resolve_sources(config: dict) -> dict:
+    """Point model.path at the folder made from model.gguf, and data.source at the file data.package fetches."""
+    out = config["outdir"]
+    if config["model"]["gguf"] is not None:
+        config["model"]["path"] = f"{out}/models/sft"
+    if config["data"]["package"] is not None:
+        config["data"]["source"] = f"{out}/data/source/{Path(config['data']['package']['file']).name}"
+    return config
 
 
 def resolve_demo(config: dict) -> dict:

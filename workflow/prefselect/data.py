@@ -1,8 +1,10 @@
-"""The `prepare` step: read preference pairs, give each a stable id, quarantine the unusable ones, split train/val.
+"""The `prepare` step: read preference pairs, give each a stable id, quarantine the unusable ones, split
+train/val(/test).
 
-Every input row ends up in exactly one place: `train.parquet`, `val.parquet` or `quarantine.jsonl` (with a
-reason), and `report.json` counts them. Conversational rows are rendered to strings with the tokenizer's chat
-template, exactly as TRL's DPOTrainer renders them, so every later step sees plain prompt/chosen/rejected text.
+Every input row ends up in exactly one place: `train.parquet`, `val.parquet`, `test.parquet` or `quarantine.jsonl`
+(with a reason), and `report.json` counts them. Conversational and ShareGPT rows are rendered to strings with the
+tokenizer's chat template, as TRL's DPOTrainer renders conversational pairs, so every later step sees plain
+prompt/chosen/rejected text.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import datasets
+import huggingface_hub
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,8 +34,13 @@ log = logging.getLogger(__name__)
 FIELDS = ("prompt", "chosen", "rejected")
 REASONS = (
     "invalid_json", "missing_field", "not_a_string", "empty_field", "identical_completions", "duplicate_id",
-    "prompt_too_long", "mixed_format", "chat_template_mismatch",
+    "prompt_too_long", "mixed_format", "chat_template_mismatch", "invalid_roles",
 )
+# ShareGPT-style pairs (LLaMA-Factory's `ranking` data, e.g. its dpo_en_demo.json): the prompt turns under
+# `conversations`, and `chosen`/`rejected` as single {from, value} turns. Roles map to the chat template's.
+SHAREGPT = "conversations"
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+FORMATS = ("standard", "conversational", "sharegpt")  # a tie in `_decide_format` goes to the earlier
 Pair = dict[str, Any]
 
 
@@ -105,24 +113,36 @@ READERS: dict[str, Callable[[Path, str], list[Row]]] = {
 }
 
 
-def _load_hub(source: str) -> list[Row]:
+def dataset_name(source: str, split: str) -> str:
+    """How rows, the report and the quarantine name a source: a local file by its path, a dataset by id and split."""
+    return source if Path(source).suffix.lower() in READERS else f"{source}:{split}"
+
+
+def _load_hub(source: str, split: str) -> list[Row]:
+    """One split of a dataset folder, or of a hub dataset repository through the Hugging Face cache.
+
+    The repository is fetched (or, with HF_HUB_OFFLINE=1, found in the cache) as a snapshot folder that `datasets`
+    then reads like any local dataset folder, so a `hf download --repo-type dataset ...` made beforehand is all an
+    offline machine needs, as for models.
+    """
     try:
-        records = datasets.load_dataset(source, split="train").to_list()
-    except Exception as err:  # offline, unknown id, no train split, ...: all mean this source cannot be read
+        folder = source if Path(source).is_dir() else huggingface_hub.snapshot_download(source, repo_type="dataset")
+        records = datasets.load_dataset(folder, split=split).to_list()
+    except Exception as err:  # offline, unknown id, no such split, ...: all mean this source cannot be read
         raise ValueError(
-            f"data source {source!r}: not a local file, and loading it from the hub failed: {err}"
+            f"data source {source!r}: not a local file, and loading split {split!r} from the hub failed: {err}"
         ) from err
-    return [Row(source, i, r) for i, r in enumerate(records)]
+    return [Row(dataset_name(source, split), i, r) for i, r in enumerate(records)]
 
 
-def read_rows(source: str) -> list[Row]:
-    """Rows of a local .jsonl/.json/.parquet file, or else of the train split of a `datasets` hub id."""
+def read_rows(source: str, split: str = "train") -> list[Row]:
+    """Rows of a local .jsonl/.json/.parquet file, or else of split `split` of a dataset folder or hub id."""
     path = Path(source)
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         if path.is_file():
             raise ValueError(f"data source {source!r}: unsupported file type (use .jsonl, .json or .parquet)")
-        return _load_hub(source)
+        return _load_hub(source, split)
     if not path.is_file():
         raise FileNotFoundError(f"data source {source!r}: file not found")
     try:
@@ -135,8 +155,12 @@ def read_rows(source: str) -> list[Row]:
 
 
 def content_id(record: dict) -> str:
-    """First 16 hex digits of the sha256 of (prompt, chosen, rejected) as given: same content, same id."""
-    blob = json.dumps([record.get(k) for k in FIELDS], sort_keys=True, ensure_ascii=False, default=str)
+    """First 16 hex digits of the sha256 of (prompt, chosen, rejected) as given: same content, same id.
+
+    A ShareGPT row's prompt is its `conversations`, which then joins the hashed fields.
+    """
+    keys = FIELDS + ((SHAREGPT,) if SHAREGPT in record else ())
+    blob = json.dumps([record.get(k) for k in keys], sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -160,21 +184,23 @@ def _assign_ids(rows: list[Row]) -> None:
 
 def _row_format(record: dict) -> str | None:
     values = [record.get(k) for k in FIELDS]
+    if SHAREGPT in record or any(isinstance(v, dict) for v in values):
+        return "sharegpt"
     if any(isinstance(v, list) for v in values):
         return "conversational"
     return "standard" if any(isinstance(v, str) for v in values) else None
 
 
 def _decide_format(rows: list[Row]) -> str:
-    """The format of the data; rows of the other format are quarantined as `mixed_format`.
+    """The format of the data; rows of another format are quarantined as `mixed_format`.
 
     Rendering is per format and TRL infers the format from the first row alone, so a mixed dataset would be
     mis-tokenized. A few rows of the other format are most likely an export glitch, so the majority of the
-    parsed rows (ties: standard) decides, which keeps the most data.
+    parsed rows (ties: standard, then conversational) decides, which keeps the most data.
     """
     votes = {row: _row_format(row.raw) for row in rows if row.ok}
     counts = Counter(v for v in votes.values() if v)
-    fmt = "conversational" if counts["conversational"] > counts["standard"] else "standard"
+    fmt = max(FORMATS, key=lambda f: (counts[f], -FORMATS.index(f)))
     for row, vote in votes.items():
         if vote not in (None, fmt):
             row.quarantine("mixed_format", f"a {vote} row; the data is {fmt} ({counts[fmt]} of {counts.total()} rows)")
@@ -230,8 +256,37 @@ def _conversational_pair(record: dict) -> Pair:
     return pair
 
 
+def _sharegpt_pair(record: dict) -> Pair:
+    """A ShareGPT row as a TRL conversational pair: `conversations` → prompt, each answer → one assistant turn."""
+    turns, chosen, rejected = (_present(record, key) for key in (SHAREGPT, "chosen", "rejected"))
+    named = [(f"{SHAREGPT}[{i}]", t) for i, t in enumerate(turns)] if isinstance(turns, list) else [(SHAREGPT, turns)]
+    named += [("chosen", chosen), ("rejected", rejected)]
+    for key, turn in named:
+        if not (isinstance(turn, dict) and isinstance(turn.get("from"), str) and isinstance(turn.get("value"), str)):
+            raise _Reject("not_a_string", f"{key} is not a {{from, value}} turn with a string value")
+    for key, turn in named:
+        if turn["from"] not in SHAREGPT_ROLES:
+            raise _Reject("invalid_roles", f"{key} has role {turn['from']!r}; known roles: {', '.join(SHAREGPT_ROLES)}")
+    prompt, chosen, rejected = ([{"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]} for t in ts]
+                                for ts in (turns, [chosen], [rejected]))
+    if not prompt:
+        raise _Reject("empty_field", f"{SHAREGPT} has no turns")
+    if prompt[-1]["role"] != "user":
+        raise _Reject("invalid_roles", f"{SHAREGPT} does not end with a user turn")
+    for key, answer in (("chosen", chosen[0]), ("rejected", rejected[0])):
+        if answer["role"] != "assistant":
+            raise _Reject("invalid_roles", f"{key} is a {answer['role']} turn, not the assistant's")
+    pair = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    _check_usable(pair)
+    return pair
+
+
 def _render(pair: Pair, tokenizer: PreTrainedTokenizerBase) -> Pair:
-    """Prompt and completions as strings, rendered the way TRL's DPOTrainer tokenizes conversational pairs."""
+    """Prompt and completions as strings, rendered the way TRL's DPOTrainer tokenizes conversational pairs.
+
+    A completion that the template ends with EOS and then whitespace (ChatML: `<|im_end|>\n`) is cut after the
+    EOS: TRL appends EOS to a text completion that does not end with it, which would train a second one.
+    """
     try:
         prompt = tokenizer.apply_chat_template(pair["prompt"], add_generation_prompt=True, tokenize=False)
         rendered = {"prompt": prompt}
@@ -239,7 +294,9 @@ def _render(pair: Pair, tokenizer: PreTrainedTokenizerBase) -> Pair:
             full = tokenizer.apply_chat_template(pair["prompt"] + pair[key], tokenize=False)
             if not full.startswith(prompt):
                 raise _Reject("chat_template_mismatch", f"prompt+{key} does not start with the rendered prompt")
-            rendered[key] = full[len(prompt):]
+            completion = full[len(prompt):]
+            ends_with_eos = tokenizer.eos_token and completion.rstrip().endswith(tokenizer.eos_token)
+            rendered[key] = completion.rstrip() if ends_with_eos else completion
     except TemplateError as err:  # the template rejects this conversation (e.g. roles that do not alternate)
         raise _Reject("chat_template_mismatch", f"the chat template failed: {err}") from err
     return rendered
@@ -260,14 +317,15 @@ def _flag_long_prompts(rows: list[Row], tokenizer: PreTrainedTokenizerBase, max_
 
 
 def _make_usable(rows: list[Row], fmt: str, tokenizer: PreTrainedTokenizerBase, name: str, max_length: int) -> None:
-    if fmt == "conversational" and not tokenizer.chat_template:
-        raise ValueError(f"the data is conversational, but tokenizer {name!r} has no chat template to render it")
+    if fmt != "standard" and not tokenizer.chat_template:
+        raise ValueError(f"the data is {fmt}, but tokenizer {name!r} has no chat template to render it")
+    to_messages = {"conversational": _conversational_pair, "sharegpt": _sharegpt_pair}.get(fmt)
     for row in (r for r in rows if r.ok):
         try:
             if fmt == "standard":
                 row.pair = _standard_pair(row.raw)
             else:
-                row.pair = _render(_conversational_pair(row.raw), tokenizer)
+                row.pair = _render(to_messages(row.raw), tokenizer)
         except _Reject as rejection:
             row.quarantine(rejection.reason, str(rejection))
     _flag_long_prompts(rows, tokenizer, max_length)
@@ -283,7 +341,7 @@ def in_val(row_id: str, seed: int, val_fraction: float) -> bool:
 
 
 def _frame(rows: list[Row]) -> pd.DataFrame:
-    passed = [{k: v for k, v in r.raw.items() if k != "id" and k not in FIELDS} for r in rows]
+    passed = [{k: v for k, v in r.raw.items() if k not in ("id", SHAREGPT, *FIELDS)} for r in rows]
     return pd.DataFrame([{"id": r.id, **r.pair, **extra} for r, extra in zip(rows, passed)])
 
 
@@ -316,17 +374,18 @@ def _check_sizes(rows: list[Row], train: list[Row], val: list[Row], min_rows: in
             raise ValueError(f"the {name} split is empty; {_quarantine_summary(rows)}")
 
 
-def _report(rows: list[Row], files: list[str], train: list[Row], val: list[Row], fmt: str) -> dict:
+def _report(rows: list[Row], files: list[str], train: list[Row], val: list[Row], test: list[Row], fmt: str) -> dict:
     reasons = Counter(r.reason for r in rows if not r.ok)
     report = {
         "rows_read": {f: sum(r.file == f for r in rows) for f in files},
         "train": len(train),
         "val": len(val),
+        "test": len(test),
         "quarantined": {reason: reasons[reason] for reason in REASONS},
         "quarantined_total": reasons.total(),
         "format": fmt,
     }
-    assert sum(report["rows_read"].values()) == report["train"] + report["val"] + report["quarantined_total"]
+    assert sum(report["rows_read"].values()) == len(train) + len(val) + len(test) + report["quarantined_total"]
     return report
 
 
@@ -341,34 +400,50 @@ def prepare(
     seed: int = 0,
     min_rows: int = 1,
     trust_remote_code: bool = False,
+    split: str = "train",
+    validation_split: str = "test",
+    test_fraction: float = 0.0,
 ) -> dict:
-    """Write train.parquet, val.parquet, quarantine.jsonl and report.json under `out_dir`; return the report.
+    """Write train.parquet, val.parquet, test.parquet, quarantine.jsonl and report.json under `out_dir`; return the
+    report.
 
     With `validation`, all kept source rows are training rows; otherwise a row is a validation row when a hash
-    of (seed, id) falls below `val_fraction`.
+    of (seed, id) falls below `val_fraction`. `split` and `validation_split` choose the split of a source that is a
+    hub id or dataset folder (e.g. `train_prefs` and `test_prefs` of HuggingFaceH4/ultrafeedback_binarized).
+    A source row is a test row (held out of every stage, for the `likelihood` evaluation) when the same hash lies
+    in the top `test_fraction`, so val and test never overlap and neither moves when the other fraction changes.
     """
-    if validation == source:
-        raise ValueError(f"validation is the same as source ({source!r}): every validation row would be a duplicate")
+    source_name = dataset_name(source, split)
+    validation_name = validation and dataset_name(validation, validation_split)
+    if validation_name == source_name:
+        raise ValueError(
+            f"validation is the same as source ({source_name!r}): every validation row would be a duplicate"
+        )
     tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
-    files = [source] + ([validation] if validation else [])
-    rows = [row for file in files for row in read_rows(file)]
+    files = [source_name] + ([validation_name] if validation else [])
+    rows = read_rows(source, split) + (read_rows(validation, validation_split) if validation else [])
     _assign_ids(rows)
     fmt = _decide_format(rows)
     _make_usable(rows, fmt, tok, tokenizer, max_length)
 
     kept = [r for r in rows if r.ok]
     if validation:
-        train, val = [r for r in kept if r.file == source], [r for r in kept if r.file == validation]
+        train, val = [r for r in kept if r.file == source_name], [r for r in kept if r.file == validation_name]
     else:
         val_ids = {r.id for r in kept if in_val(r.id, seed, val_fraction)}
         train, val = [r for r in kept if r.id not in val_ids], [r for r in kept if r.id in val_ids]
+    test_ids = {r.id for r in train if not in_val(r.id, seed, 1 - test_fraction)}
+    train, test = [r for r in train if r.id not in test_ids], [r for r in train if r.id in test_ids]
     _check_sizes(rows, train, val, min_rows)
-    report = _report(rows, files, train, val, fmt)
+    if test_fraction and not test:
+        raise ValueError(f"the test split is empty (test_fraction {test_fraction}); {_quarantine_summary(rows)}")
+    report = _report(rows, files, train, val, test, fmt)
 
     out = Path(out_dir)
     write_jsonl((_quarantine_line(r) for r in rows if not r.ok), out / "quarantine.jsonl")
     write_parquet(_frame(train), out / "train.parquet")
     write_parquet(_frame(val), out / "val.parquet")
+    write_parquet(_frame(test) if test else pd.DataFrame(columns=["id", *FIELDS]), out / "test.parquet")
     write_json(report, out / "report.json")
     log.info("prepare: %s", json.dumps(report))
     return report

@@ -11,8 +11,6 @@ import functools
 import hashlib
 import io
 import math
-import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -25,11 +23,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+from prefselect.fetch import pip_download
 from prefselect.generation import sample_continuations
 from prefselect.io import atomic_path, write_json, write_jsonl, write_parquet
 
 SNIPPETS_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
-SDIST = "vaderSentiment-3.3.2.tar.gz"
 INNER_TAR = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
 GROUND_TRUTH = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 EOS, PAD = "<|endoftext|>", "<|pad|>"
@@ -62,9 +60,7 @@ def _ground_truth(path: Path) -> bytes:
 
 def download_sdist(dest: str) -> Path:
     """The vaderSentiment 3.3.2 sdist via pip (the user's index and cache settings apply); not yet verified."""
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                    "--disable-pip-version-check", "-q", "vaderSentiment==3.3.2", "-d", dest], check=True)
-    return Path(dest) / SDIST
+    return pip_download("vaderSentiment==3.3.2", dest, sdist=True)
 
 
 def parse_snippets(raw: bytes) -> pd.DataFrame:

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import pandas as pd
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from . import models
 
 
 def load_model(model_dir: str):
-    """Model and tokenizer from a save_pretrained folder (transformers prefers safetensors when present)."""
+    """Model (in its saved dtype, from safetensors only) and tokenizer from a folder or hub id."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.pad_token is None:  # hub models often ship without one; it is only ever masked out
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return models.load_model(model_dir, dtype="auto").to(device).eval(), models.load_tokenizer(model_dir)
 
 
 def eos_ids(model, tokenizer) -> set[int]:

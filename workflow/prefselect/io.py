@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 
 @contextlib.contextmanager
@@ -36,9 +38,14 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
 
 
-def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Write `df`; `metadata` goes into the file's key-value metadata (e.g. its provenance)."""
     with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
+        if metadata is None:
+            df.to_parquet(tmp, index=False)
+            return
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata}), tmp)
 
 
 def write_json(obj, path: str | os.PathLike) -> None:

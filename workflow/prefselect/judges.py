@@ -47,6 +47,9 @@ def compare(judge_config: str | dict, prompts: list, first: list[str], second: l
     if not len(prompts) == len(first) == len(second):
         raise ValueError("prompts, first and second must have the same length")
     judge = judge_settings(judge_config)
+    if judge["kind"] == "likelihood":
+        raise ValueError("the likelihood judge reads log-probs of held-out pairs (evaluation.likelihood_win_rates), "
+                         "it does not compare continuations")
     if judge["kind"] == "llm":
         return _ask_llm(judge, prompts, first, second)
     score = _vader_scores if judge["kind"] == "vader" else partial(reward_scores, judge)

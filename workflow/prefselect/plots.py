@@ -83,6 +83,7 @@ def data_report_frame(report: dict) -> pd.DataFrame:
     """The data report as one column: rows read per file, kept per split, quarantined per reason."""
     rows = {f"rows read: {file}": n for file, n in report["rows_read"].items()}
     rows |= {"kept for training": report["train"], "kept for validation": report["val"]}
+    rows |= {"held out for testing": report["test"]}
     rows |= {f"quarantined: {reason}": n for reason, n in report["quarantined"].items()}
     return pd.Series(rows, name="pairs").to_frame()
 

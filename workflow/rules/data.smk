@@ -9,6 +9,7 @@ rule prepare:
     output:
         train=f"{OUT}/data/train.parquet",
         val=f"{OUT}/data/val.parquet",
+        test=f"{OUT}/data/test.parquet",
         quarantine=f"{OUT}/data/quarantine.jsonl",
         report=f"{OUT}/data/report.json",
     log:
@@ -25,7 +26,8 @@ rule prepare:
             else ""
         ),
         options=(
-            f"--max-length {DATA['max_length']} --val-fraction {DATA['val_fraction']} "
+            f"--split {shlex.quote(DATA['split'])} --validation-split {shlex.quote(DATA['validation_split'])} "
+            f"--max-length {DATA['max_length']} --val-fraction {DATA['val_fraction']} --test-fraction {DATA['test_fraction']} "
             f"--min-rows {DATA['min_rows']} --seed {config['seed']} {remote_code()}"
         ),
     shell:
@@ -42,9 +44,10 @@ rule ref_logps:
     log:
         f"{OUT}/logs/ref_logps/{{split}}-{{shard}}-of-{{shards}}.log",
     wildcard_constraints:
-        split="train|val",
+        split="train|val|test",
     conda:
         "../../envs/prefselect.yaml"
+    threads: config["scoring"]["threads"]
     resources:
         **job_resources("scoring"),
     params:

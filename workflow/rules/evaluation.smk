@@ -1,8 +1,16 @@
 # Judge the final models against the opponent (the SFT model, or the `full` selector's final model) on
-# continuations of held-out prompts.
+# continuations of held-out prompts, or (the likelihood judge) by their log-probs of the test pairs.
 EVAL = config["evaluation"]
 EVAL_PROMPTS = EVAL["prompts"] or f"{OUT}/data/val.parquet"
 OPPONENT_SAMPLES = "sft" if EVAL["opponent"] == "sft" else "final-full"
+LIKELIHOOD = EVAL["judge"]["kind"] == "likelihood"
+# What `evaluate` reads of each model; the SFT model's log-probs of the test pairs are the reference ones.
+PER_MODEL = f"{OUT}/eval/{'logps' if LIKELIHOOD else 'samples'}/{{model}}.parquet"
+OPPONENT = (
+    ref_shards("test")
+    if LIKELIHOOD and OPPONENT_SAMPLES == "sft"
+    else PER_MODEL.format(model=OPPONENT_SAMPLES)
+)
 
 
 rule sample:
@@ -29,14 +37,34 @@ rule sample:
         "{params.options} --out {output} > {log} 2>&1"
 
 
+rule heldout_logps:
+    input:
+        model=f"{OUT}/models/{{model}}",
+        data=f"{OUT}/data/test.parquet",
+    output:
+        f"{OUT}/eval/logps/{{model}}.parquet",
+    log:
+        f"{OUT}/logs/heldout_logps/{{model}}.log",
+    wildcard_constraints:
+        model="final-(" + "|".join(SELECTORS) + ")",
+    conda:
+        "../../envs/prefselect.yaml"
+    threads: config["scoring"]["threads"]
+    resources:
+        **job_resources("scoring"),
+    params:
+        options=f"--max-length {DATA['max_length']} --batch-size {config['scoring']['batch_size']} {remote_code()}",
+    shell:
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} logps --model {input.model} --data {input.data} "
+        "{params.options} --out {output} > {log} 2>&1"
+
+
 rule evaluate:
     input:
         selections=expand(f"{OUT}/selection/{{selector}}.parquet", selector=SELECTORS),
-        samples=expand(
-            f"{OUT}/eval/samples/final-{{selector}}.parquet", selector=SELECTORS
-        ),
-        opponent=f"{OUT}/eval/samples/{OPPONENT_SAMPLES}.parquet",
-        prompts=EVAL_PROMPTS,
+        samples=expand(PER_MODEL, model=[f"final-{s}" for s in SELECTORS]),
+        opponent=OPPONENT,
+        prompts=[] if LIKELIHOOD else EVAL_PROMPTS,
         data=f"{OUT}/data/train.parquet",
     output:
         json=f"{OUT}/eval/results.json",
@@ -49,9 +77,12 @@ rule evaluate:
         names=SELECTORS,
         judge=shlex.quote(json.dumps(EVAL["judge"])),
         opponent=EVAL["opponent"],
+        prompts=lambda wildcards, input: (
+            f"--prompts {input.prompts}" if input.prompts else ""
+        ),
     shell:
         "python -m prefselect evaluate --names {params.names} --selections {input.selections} --samples {input.samples} "
-        "--opponent {input.opponent} --opponent-name {params.opponent} --prompts {input.prompts} --data {input.data} "
+        "--opponent {input.opponent} --opponent-name {params.opponent} {params.prompts} --data {input.data} "
         "--judge {params.judge} --out-json {output.json} --out-md {output.md} > {log} 2>&1"
 
 

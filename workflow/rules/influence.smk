@@ -39,6 +39,7 @@ rule val_grad:
         f"{OUT}/benchmarks/val_grad.tsv"
     conda:
         "../../envs/prefselect.yaml"
+    threads: config["scoring"]["threads"]
     resources:
         **job_resources("scoring"),
     params:
@@ -62,6 +63,7 @@ rule influence:
         f"{OUT}/benchmarks/influence/{{shard}}-of-{{shards}}.tsv"
     conda:
         "../../envs/prefselect.yaml"
+    threads: config["scoring"]["threads"]
     resources:
         **job_resources("scoring"),
     params:
@@ -159,14 +161,17 @@ rule group_train:
         group="|".join(IF_GROUPS),
     conda:
         "../../envs/prefselect.yaml"
+    threads: config["training"]["threads"]
     resources:
         **job_resources("training"),
     params:
         flags=dpo_flags(TRAINING["final_epochs"]),
+        checkpoints=checkpoint_dir("group-{group}"),
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} train --model {input.warmup} "
         "--data {input.data} --selection {input.selection} --ref {input.ref} "
-        "--eval-data {input.val} --eval-ref {input.val_ref} {params.flags} --out {output} > {log} 2>&1"
+        "--eval-data {input.val} --eval-ref {input.val_ref} {params.flags} --checkpoint-dir {params.checkpoints} "
+        "--out {output} > {log} 2>&1"
 
 
 rule group_study:

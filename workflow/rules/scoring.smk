@@ -15,6 +15,7 @@ rule score:
         f"{OUT}/benchmarks/score/{{shard}}-of-{{shards}}.tsv"
     conda:
         "../../envs/prefselect.yaml"
+    threads: config["scoring"]["threads"]
     resources:
         **job_resources("scoring"),
     params:
@@ -53,6 +54,7 @@ rule external_score:
         selector="|".join(SELECTORS),
     conda:
         "../../envs/prefselect.yaml"
+    threads: config["scoring"]["threads"]
     resources:
         **job_resources("scoring"),
     params:

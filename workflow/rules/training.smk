@@ -13,14 +13,16 @@ rule warmup:
         f"{OUT}/logs/warmup.log",
     conda:
         "../../envs/prefselect.yaml"
+    threads: config["training"]["threads"]
     resources:
         **job_resources("training"),
     params:
         model=input_or("sft", SFT),
         flags=dpo_flags(TRAINING["warmup_epochs"]),
+        checkpoints=checkpoint_dir("warmup"),
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} train --model {params.model} --data {input.data} "
-        "--ref {input.ref} {params.flags} --out {output} > {log} 2>&1"
+        "--ref {input.ref} {params.flags} --checkpoint-dir {params.checkpoints} --out {output} > {log} 2>&1"
 
 
 rule aux:
@@ -36,14 +38,16 @@ rule aux:
         f"{OUT}/benchmarks/aux.tsv"
     conda:
         "../../envs/prefselect.yaml"
+    threads: config["training"]["threads"]
     resources:
         **job_resources("training"),
     params:
         init=input_or("init", SFT),
         flags=dpo_flags(TRAINING["aux_epochs"]),
+        checkpoints=checkpoint_dir("aux"),
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} train --model {params.init} --data {input.data} "
-        "--ref {input.ref} {params.flags} --out {output} > {log} 2>&1"
+        "--ref {input.ref} {params.flags} --checkpoint-dir {params.checkpoints} --out {output} > {log} 2>&1"
 
 
 rule final:
@@ -58,10 +62,13 @@ rule final:
         f"{OUT}/logs/final-{{selector}}.log",
     conda:
         "../../envs/prefselect.yaml"
+    threads: config["training"]["threads"]
     resources:
         **job_resources("training"),
     params:
         flags=dpo_flags(TRAINING["final_epochs"]),
+        checkpoints=checkpoint_dir("final-{selector}"),
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} train --model {input.warmup} --data {input.data} "
-        "--selection {input.selection} --ref {input.ref} {params.flags} --out {output} > {log} 2>&1"
+        "--selection {input.selection} --ref {input.ref} {params.flags} --checkpoint-dir {params.checkpoints} "
+        "--out {output} > {log} 2>&1"

