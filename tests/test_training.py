@@ -41,6 +41,23 @@ def test_no_reference_forward_runs_during_training(tiny_lm, pairs, ref, tmp_path
     assert len(forwards) == steps  # one policy forward per step (chosen and rejected batched), no reference pass
 
 
+def test_gradient_accumulation_makes_the_same_steps_as_whole_batches(tiny_lm, pairs, ref, tmp_path):
+    """A batch of 8 pairs in forward passes of 2 (4 accumulation steps, with gradient checkpointing) gives the same
+    optimizer steps and weights as passes of 8: the memory settings change nothing that is learned."""
+    whole = DPOSettings(batch_size=8, epochs=1, learning_rate=1e-3)
+    split = replace(whole, micro_batch_size=2, gradient_checkpointing=True)
+    trained = {}
+    for name, settings in (("whole", whole), ("split", split)):
+        trainer = build_trainer(tiny_lm, with_ref_logps(pairs, ref), settings, str(tmp_path / name))
+        trainer.train()
+        assert trainer.state.global_step == len(pairs) // 8
+        trained[name] = trainer.model.state_dict()
+    for key, weight in trained["whole"].items():
+        torch.testing.assert_close(trained["split"][key], weight, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="micro_batch_size 3"):
+        build_trainer(tiny_lm, with_ref_logps(pairs, ref), replace(whole, micro_batch_size=3), str(tmp_path / "bad"))
+
+
 def test_missing_reference_log_probs_are_an_error(tiny_lm, pairs, tmp_path):
     dataset = Dataset.from_pandas(pairs[["prompt", "chosen", "rejected"]], preserve_index=False)
     with pytest.raises(ValueError, match="precomputed reference log-probs"):

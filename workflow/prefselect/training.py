@@ -56,6 +56,8 @@ class DPOSettings:
     seed: int = 0
     eval_steps: float = 0.05  # with an eval set: every that many steps; below 1, that share of the run
     save_steps: int = 0  # a resumable checkpoint every that many optimizer steps; 0: none
+    micro_batch_size: int = 0  # pairs per forward pass of one process; 0: its whole share of the batch
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% slower
 
 
 def with_ref_logps(pairs: pd.DataFrame, ref_logps: pd.DataFrame) -> Dataset:
@@ -67,16 +69,24 @@ def with_ref_logps(pairs: pd.DataFrame, ref_logps: pd.DataFrame) -> Dataset:
     return Dataset.from_pandas(table.drop(columns="id"), preserve_index=False)
 
 
-def per_process(batch_size: int) -> int:
-    """The share of one process: a batch is pairs per optimizer step however many processes (GPUs) split it."""
+def per_process(batch_size: int, micro_batch_size: int = 0) -> tuple[int, int]:
+    """Pairs per forward pass of one process, and forward passes per optimizer step: a batch is the pairs of one
+    optimizer step, however many processes (GPUs) and gradient accumulation steps split it."""
     processes = int(os.environ.get("WORLD_SIZE", 1))
     if batch_size % processes:
         raise ValueError(f"training.batch_size {batch_size} does not split evenly over {processes} GPUs")
-    return batch_size // processes
+    share = batch_size // processes
+    micro = micro_batch_size or share
+    if share % micro:
+        raise ValueError(
+            f"training.micro_batch_size {micro} does not divide the {share} pairs of each of {processes} GPU(s) per step"
+        )
+    return micro, share // micro
 
 
 def dpo_config(settings: DPOSettings, output_dir: str, evaluate: bool = False) -> DPOConfig:
     on_gpu = torch.cuda.is_available()
+    micro, accumulation = per_process(settings.batch_size, settings.micro_batch_size)
     return DPOConfig(
         output_dir=output_dir,
         beta=settings.beta,
@@ -84,8 +94,10 @@ def dpo_config(settings: DPOSettings, output_dir: str, evaluate: bool = False) -
         num_train_epochs=settings.epochs,
         learning_rate=settings.learning_rate,
         lr_scheduler_type="constant",
-        per_device_train_batch_size=per_process(settings.batch_size),
-        per_device_eval_batch_size=per_process(settings.batch_size),
+        per_device_train_batch_size=micro,
+        per_device_eval_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
+        gradient_checkpointing=settings.gradient_checkpointing,
         max_length=settings.max_length,
         precompute_ref_log_probs=True,
         seed=settings.seed,

@@ -54,7 +54,8 @@ def dpo_flags(epochs):
     return (
         f"--beta {m['beta']} --loss-type {m['loss_type']} --epochs {epochs} --learning-rate {t['learning_rate']} "
         f"--batch-size {t['batch_size']} --max-length {config['data']['max_length']} --seed {config['seed']} "
-        f"--deepspeed {t['deepspeed']} --save-steps {t['save_steps']} {remote_code()}"
+        f"--deepspeed {t['deepspeed']} --save-steps {t['save_steps']} --micro-batch-size {t['micro_batch_size']} "
+        f"{'--gradient-checkpointing' if t['gradient_checkpointing'] else ''} {remote_code()}"
     )
 
 
