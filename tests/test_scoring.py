@@ -179,3 +179,14 @@ def test_streamed_log_probs_equal_those_of_the_whole_frame(tiny_lm, tmp_path):
     pairs.to_parquet(tmp_path / "pairs.parquet", row_group_size=8)
     streamed = stream_logps(model, read_pairs(str(tmp_path / "pairs.parquet"), chunk=7), tokenizer, 64, batch_size=4)
     pd.testing.assert_frame_equal(streamed, pair_logps(model, pairs, tokenizer, 64, batch_size=4))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_bf16_autocast_as_on_a_gpu_stays_near_float32(tiny_lm, pairs, layout):
+    """On a GPU the forward runs under bf16 autocast, as TRL trains there; the same code runs under it on a CPU."""
+    exact = layout_logps(tiny_lm, layout, pairs, 64)
+    assert exact.equals(layout_logps(tiny_lm, layout, pairs, 64, autocast=None))  # float32 on a CPU by default
+    bf16 = layout_logps(tiny_lm, layout, pairs, 64, autocast=True)
+    columns = ["chosen_logp", "rejected_logp"]
+    assert not np.array_equal(bf16[columns], exact[columns])
+    np.testing.assert_allclose(bf16[columns], exact[columns], rtol=2e-2)

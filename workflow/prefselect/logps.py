@@ -13,6 +13,7 @@ layouts compute it, with the same numbers:
 Both project hidden states through the LM head only where the next token is a completion token, a chunk of tokens
 at a time, so no batch × length × vocab logits tensor is ever built. Pairs are sorted by length and batched up to a
 token budget; a shard is read, tokenized and scored CHUNK_PAIRS pairs at a time, so memory does not grow with it.
+On a GPU that supports bf16 the forward runs under bf16 autocast, the precision TRL trains in there; float32 elsewhere.
 """
 
 from __future__ import annotations
@@ -30,9 +31,8 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference, DPOTrainer
 
 PAIR_COLUMNS = ["id", "prompt", "chosen", "rejected"]
 CHUNK_PAIRS = 4096  # pairs read and tokenized at a time; length sorting happens within a chunk
-LOGITS_PER_STEP = 2**25  # logits entries (128 MiB in float32) the LM head produces at a time
+LOGITS_PER_STEP = 2**24  # logits entries (64 MiB in float32) the LM head produces at a time
 PACKED_ATTENTION = ("sdpa", "eager")  # kernels that take an arbitrary (rows, 1, L, L) mask
-SIDES = ("chosen", "rejected")
 
 
 def tokenize_pairs(pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
@@ -93,20 +93,21 @@ def cut(example: dict, max_length: int) -> tuple[list[int], list[int], list[int]
     return example["prompt_ids"], example["chosen_ids"][:room], example["rejected_ids"][:room]
 
 
-def packed_batch(examples: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Rows prompt + chosen + rejected of `examples` (already cut), right-padded; see the module docstring.
+def packed_batch(parts: list[tuple[list[int], list[int], list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Rows prompt + chosen + rejected of pairs (their ids as `cut` cuts them), right-padded; see the module docstring.
 
     `attention_mask` is boolean (rows, 1, L, L), True where a query may attend to a key. For every scored completion
     token, `row`, `source` (the position whose hidden state predicts it), `target` (its id) and `side` (0 chosen,
     1 rejected). Built with array operations; the only Python loop is over pairs.
     """
-    lengths = np.array([[len(part) for part in e] for e in examples]).reshape(-1, 3)
+    lengths = np.array([[len(ids) for ids in pair] for pair in parts]).reshape(-1, 3)
     prompt, chosen, total = lengths[:, 0], lengths[:, 1], lengths.sum(1)
-    flat = np.fromiter((t for e in examples for part in e for t in part), dtype=np.int64, count=int(total.sum()))
-    row = np.repeat(np.arange(len(examples)), total)
+    flat = np.fromiter((t for pair in parts for ids in pair for t in ids), dtype=np.int64, count=int(total.sum()))
+    row = np.repeat(np.arange(len(parts)), total)
     col = np.arange(len(flat)) - np.repeat(np.cumsum(total) - total, total)
-    side = (col >= prompt[row]).astype(np.int64) + (col >= prompt[row] + chosen[row])  # 0 prompt, 1 chosen, 2 rejected
-    input_ids = np.full((len(examples), int(padded_length(total.max()))), pad_token_id, dtype=np.int64)
+    # 0 prompt, 1 chosen, 2 rejected
+    side = (col >= prompt[row]).astype(np.int64) + (col >= prompt[row] + chosen[row])
+    input_ids = np.full((len(parts), int(padded_length(total.max()))), pad_token_id, dtype=np.int64)
     input_ids[row, col] = flat
     position_ids = np.zeros_like(input_ids)
     position_ids[row, col] = np.where(side == 2, col - chosen[row], col)
@@ -145,7 +146,8 @@ def packed_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torc
     """(pairs, 2) summed log-probs of chosen and rejected from one packed batch (see `packed_batch`)."""
     mask = batch["attention_mask"]
     if model.config._attn_implementation == "eager":  # eager attention adds the mask to its scores
-        mask = torch.zeros(mask.shape, dtype=model.dtype, device=mask.device).masked_fill_(~mask, torch.finfo(model.dtype).min)
+        blocked = torch.finfo(model.dtype).min
+        mask = torch.zeros(mask.shape, dtype=model.dtype, device=mask.device).masked_fill_(~mask, blocked)
     hidden = model.base_model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask,
                               use_cache=False).last_hidden_state
     logps = target_logps(model, hidden[batch["row"], batch["source"]], batch["target"])
@@ -177,16 +179,18 @@ def pair_logps(
     max_length: int,
     batch_size: int = 64,
     packed: bool | None = None,
+    autocast: bool | None = None,
 ) -> pd.DataFrame:
     """Return `id`, `chosen_logp`, `rejected_logp` for every pair, in the input order.
 
     A forward batch holds at most as many tokens as TRL's padded batch of `batch_size` pairs at `max_length`
     (2 · batch_size · max_length), so memory is bounded as before and short pairs fill a batch with more of them.
-    `packed`: the layout; None picks packed wherever it is exact (`packable`).
+    `packed`: the layout; None picks packed wherever it is exact (`packable`). `autocast`: bf16 autocast; None
+    computes in the precision TRL trains in on the model's device (`trains_in_bf16`).
     """
     chunks = [
         examples_logps(model, token_examples(pairs.iloc[i : i + CHUNK_PAIRS], tokenizer, max_length),
-                       tokenizer.pad_token_id, max_length, batch_size, packed)
+                       tokenizer.pad_token_id, max_length, batch_size, packed, autocast)
         for i in range(0, len(pairs), CHUNK_PAIRS)
     ]
     logps = np.concatenate(chunks) if chunks else np.empty((0, 2))
@@ -195,15 +199,30 @@ def pair_logps(
 
 def token_examples(pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[dict]:
     """`prompt_ids`, `chosen_ids`, `rejected_ids` of each pair (`tokenize_pairs`), as Python lists."""
-    return tokenize_pairs(pairs, tokenizer, max_length).select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).to_list()
+    tokenized = tokenize_pairs(pairs, tokenizer, max_length)
+    return tokenized.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).to_list()
+
+
+def trains_in_bf16(device: torch.device) -> bool:
+    """Whether TRL trains under bf16 autocast on this device (`training.dpo_config`: on a GPU that supports bf16).
+    Scores then take the same precision, the training loss's: with float32 weights, matmuls in bf16."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 @torch.inference_mode()
 def examples_logps(model: PreTrainedModel, examples: list[dict], pad_token_id: int, max_length: int,
-                   batch_size: int = 64, packed: bool | None = None) -> np.ndarray:
+                   batch_size: int = 64, packed: bool | None = None, autocast: bool | None = None) -> np.ndarray:
     """(pairs, 2) summed log-probs of chosen and rejected of tokenized pairs (`token_examples`), in their order."""
     model.eval()
-    packed = packable(model, max_length) if packed is None else packed
+    device = model.device
+    autocast = trains_in_bf16(device) if autocast is None else autocast
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        return _examples_logps(model, examples, pad_token_id, max_length, batch_size,
+                               packable(model, max_length) if packed is None else packed)
+
+
+def _examples_logps(model, examples: list[dict], pad_token_id: int, max_length: int, batch_size: int,
+                    packed: bool) -> np.ndarray:
     logps = np.empty((len(examples), 2))
     device = model.device
     if packed:
@@ -256,4 +275,5 @@ def stream_logps(model: PreTrainedModel, chunks: Iterable[pd.DataFrame], tokeniz
                  max_length: int, batch_size: int = 64) -> pd.DataFrame:
     """`pair_logps` of a stream of pair chunks (e.g. `read_pairs`): only the log-probs of past chunks stay in memory."""
     parts = [pair_logps(model, pairs, tokenizer, max_length, batch_size) for pairs in chunks]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["id", "chosen_logp", "rejected_logp"])
+    return pd.concat(parts or [pair_logps(model, pd.DataFrame(columns=PAIR_COLUMNS), tokenizer, max_length)],
+                     ignore_index=True)

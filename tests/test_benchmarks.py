@@ -1,0 +1,49 @@
+"""The scoring benchmark runs (reduced sizes) and reports every row with sane values; no timing is asserted."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = [sys.executable, str(REPO / "benchmarks" / "scoring.py")]
+
+
+def test_quick_benchmark_reports_every_row(tmp_path):
+    out = tmp_path / "bench.json"
+    # One thread: CI machines are shared, and more threads than free cores stall at every OpenMP barrier.
+    run = subprocess.run([*BENCH, "--quick", "--threads", "1", "--json", str(out)], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["machine"]["torch_threads"] == 1 and r["peak_flops"]["matmul"] > 0
+    assert set(r["scoring"]) == {"demo (0.9M)", "20M", "20M, long prompts"}
+    for row in r["scoring"].values():
+        assert row["equal_to_trl"], row["max_abs_diff_vs_trl"]  # with and without truncation
+        assert all(row[f"{name}_pairs_per_s"] > 0 for name in ("prefselect", "padded", "trl"))
+        assert row["speedup"] > 0 and 0 < row["share_of_matmul"] and row["tokens_per_s"] > 0
+        tokens = row["tokens_per_pair"]
+        # Computing the prompt once and padding per pair: fewer positions than TRL's two padded rows.
+        assert tokens["text"] <= tokens["prefselect"] < tokens["trl"]
+    assert r["tokenization_pairs_per_s"] > 0
+    influence = r["influence"]
+    assert influence["score_s"] > 0 and influence["influence_s"] > 0 and influence["ratio"] > 0
+    assert influence["flop_ratio"] > 1  # a forward and a backward per sequence cost more than 2 packed forwards
+    memory = {int(n): x for n, x in r["peak_memory"].items()}
+    assert len(memory) == 3 and all(x["peak_rss_mb"] > 0 and x["seconds"] > 0 for x in memory.values())
+    assert memory[max(memory)]["peak_rss_mb"] < 1.1 * memory[min(memory)]["peak_rss_mb"]  # 10x the pairs: flat
+    dry_run = r["workflow"]["dry_run"]
+    assert dry_run["jobs"] > 0 and dry_run["seconds"] > 0
+    assert dry_run["ref_logps_jobs"] == dry_run["ref_logps_expected"]  # reference log-probs computed once
+    assert "no completed demo run" in r["workflow"]["noop_rerun"]["skipped"]
+    assert all(s > 0 for s in r["merge_select_s"].values())
+    assert "| demo (0.9M) |" in run.stdout and "peak RSS" in run.stdout  # the table
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU variant runs here")
+def test_gpu_variant_fails_clearly_without_cuda():
+    run = subprocess.run([*BENCH, "--device", "cuda"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "--device cuda needs a CUDA GPU" in run.stderr
