@@ -10,7 +10,6 @@ shell.prefix(f"export PYTHONPATH={PACKAGE_ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}
 
 from prefselect.config import validate as validate_config
 
-
 # The demo is the configuration when none is given. A --configfile replaces it rather than extending it, so that
 # no demo key or demo selector leaks into a user's configuration (keys left out take the schema's defaults).
 if not workflow.overwrite_configfiles:

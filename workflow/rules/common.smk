@@ -21,7 +21,11 @@ def local_file(path):
 
     Hub ids may hold dots (`org/data-v1.5`), so any other suffix does not make a file.
     """
-    return [path] if path and Path(path).suffix.lower() in {".jsonl", ".json", ".parquet"} else []
+    return (
+        [path]
+        if path and Path(path).suffix.lower() in {".jsonl", ".json", ".parquet"}
+        else []
+    )
 
 
 def packaged_file(spec):
@@ -89,7 +93,11 @@ def selector_scores(wildcards):
     if spec["kind"] == "external":
         return f"{OUT}/scores/external/{wildcards.selector}.parquet"
     bands = spec.get("bands", {})
-    return f"{OUT}/influence/scores.parquet" if "influence" in bands else f"{OUT}/scores/scores.parquet"
+    return (
+        f"{OUT}/influence/scores.parquet"
+        if "influence" in bands
+        else f"{OUT}/scores/scores.parquet"
+    )
 
 
 def reward_model(wildcards):

@@ -6,7 +6,11 @@ IF_GROUPS = ["small", "medium", "large"]
 INFLUENCE_OPTIONS = (
     f"--beta {config['method']['beta']} --loss-type {config['method']['loss_type']} "
     f"--max-length {DATA['max_length']} --batch-size {INFLUENCE['batch_size']} {remote_code()}"
-    + (f" --params {' '.join(shlex.quote(p) for p in INFLUENCE['params'])}" if INFLUENCE["params"] else "")
+    + (
+        f" --params {' '.join(shlex.quote(p) for p in INFLUENCE['params'])}"
+        if INFLUENCE["params"]
+        else ""
+    )
 )
 
 # Job seconds of the forward-only proxies (θ_val, then scores) and of influence, for the agreement report.
@@ -14,12 +18,24 @@ BENCHMARKS = {
     "aux": [f"{OUT}/benchmarks/aux.tsv"],
     "score": expand(f"{OUT}/benchmarks/score/{{i}}-of-{SHARDS}.tsv", i=range(SHARDS)),
     "val_grad": [f"{OUT}/benchmarks/val_grad.tsv"],
-    "influence": expand(f"{OUT}/benchmarks/influence/{{i}}-of-{INFLUENCE_SHARDS}.tsv", i=range(INFLUENCE_SHARDS)),
+    "influence": expand(
+        f"{OUT}/benchmarks/influence/{{i}}-of-{INFLUENCE_SHARDS}.tsv",
+        i=range(INFLUENCE_SHARDS),
+    ),
 }
 
 # What `all` asks for: the agreement report and the group study (with its validation curves when trained).
 INFLUENCE_TARGETS = (
-    [f"{OUT}/eval/{name}" for name in ("agreement.json", "agreement.md", "agreement.png", "groups.json", "groups.md")]
+    [
+        f"{OUT}/eval/{name}"
+        for name in (
+            "agreement.json",
+            "agreement.md",
+            "agreement.png",
+            "groups.json",
+            "groups.md",
+        )
+    ]
     + ([f"{OUT}/eval/groups.png"] if INFLUENCE["group_training"] else [])
     if INFLUENCE["enabled"]
     else []
@@ -82,7 +98,10 @@ rule influence:
 
 rule merge_influence:
     input:
-        shards=expand(f"{OUT}/influence/shards/{{i}}-of-{INFLUENCE_SHARDS}.parquet", i=range(INFLUENCE_SHARDS)),
+        shards=expand(
+            f"{OUT}/influence/shards/{{i}}-of-{INFLUENCE_SHARDS}.parquet",
+            i=range(INFLUENCE_SHARDS),
+        ),
         data=f"{OUT}/data/train.parquet",
     output:
         f"{OUT}/influence/influence.parquet",
@@ -122,7 +141,9 @@ rule agreement:
     conda:
         "../../envs/prefselect.yaml"
     params:
-        benchmarks=" ".join(f"{stage}={path}" for stage, paths in BENCHMARKS.items() for path in paths),
+        benchmarks=" ".join(
+            f"{stage}={path}" for stage, paths in BENCHMARKS.items() for path in paths
+        ),
         band=" ".join(str(b) for b in INFLUENCE["agreement_band"]),
     shell:
         "python -m prefselect agreement --scores {input.scores} --tif-band {params.band} "
