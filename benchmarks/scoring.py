@@ -45,7 +45,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from prefselect.influence import InfluenceSettings, influence, validation_gradient
 from prefselect.logps import (
-    collated_batches, cut, examples_logps, pair_logps, padded_length, token_budget_batches, token_examples,
+    collated_batches, cut, examples_logps, pair_logps, padded_length, token_budget, token_budget_batches,
+    token_examples,
 )
 from prefselect.models import load_model, load_tokenizer
 from prefselect.scoring import merge_shards
@@ -188,7 +189,7 @@ def tokens_computed(examples: list[dict], pad_token_id: int, s: Setup, trl_batch
     """Tokens per pair: of the text, and the positions each path computes (with its padding); TRL's rows are
     batched `trl_batch` pairs at a time (default: batch_size)."""
     lengths = np.array([sum(map(len, cut(e, s.max_length))) for e in examples])
-    batches = token_budget_batches(lengths, 2 * s.batch_size * s.max_length)
+    batches = token_budget_batches(lengths, token_budget(s.batch_size, s.max_length))
     packed = sum(len(i) * padded_length(lengths[i].max()) for i in batches)
     collated = collated_batches(examples, pad_token_id, s.max_length, trl_batch or s.batch_size)
     trl = sum(b["input_ids"].numel() for _, b in collated)
@@ -357,7 +358,12 @@ def workflow_overhead(demo_results: str | None) -> dict:
     if demo_results is None:
         row["noop_rerun"] = {"skipped": "no completed demo run given (--demo-results DIR)"}
         return row
-    check = snakemake(REPO, demo_results, "-n")
+    try:
+        check = snakemake(REPO, demo_results, "-n")
+    except RuntimeError as err:  # e.g. a run in progress there: incomplete files
+        reason = next((line for line in str(err).splitlines() if "Exception" in line), str(err).splitlines()[-1])
+        row["noop_rerun"] = {"skipped": f"snakemake -n fails in {demo_results}: {reason.strip(': ')}"}
+        return row
     if "Nothing to be done" not in check["stdout"]:
         pending = job_counts(check["stdout"]).get("total", "some")
         row["noop_rerun"] = {"skipped": f"{pending} jobs would run in {demo_results}: not a completed run of this "
