@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import torch
 
-from . import gpus
+from . import gpus, models
 
 
 def read_parquets(paths: list[str]) -> pd.DataFrame:
@@ -103,7 +103,7 @@ def cmd_logps(a):
     from .scoring import shard_rows
 
     rows = shard_rows(count_pairs(a.data), a.shard, a.shards)
-    model = load_model(a.model, a.trust_remote_code).to(device())
+    model = load_model(a.model, a.trust_remote_code).to(models.device())
     tokenizer = load_tokenizer(a.model, a.trust_remote_code)
     # The data is read a slice at a time (provenance too), so a shard's memory does not grow with the data set.
     record = provenance.logps_record(a.model, a.data, a.max_length, a.shard, a.shards)
@@ -146,7 +146,7 @@ def cmd_score(a):
     logps = {}
     for name, path in (("warm", a.warmup), ("aux", a.aux)):
         print(f"prefselect score: log-probs of {len(ref)} pairs under {path}", flush=True)
-        model = load_model(path, a.trust_remote_code).to(device())
+        model = load_model(path, a.trust_remote_code).to(models.device())
         # The shard's pairs (those of its reference log-probs) are read a slice at a time.
         pairs = read_pairs(a.data, ids=ref["id"])
         logps[name] = stream_logps(model, pairs, load_tokenizer(path, a.trust_remote_code), a.max_length, a.batch_size)
@@ -263,7 +263,7 @@ def cmd_val_grad(a):
     from .models import load_model, load_tokenizer
 
     settings = influence_settings(a)
-    model = load_model(a.model, a.trust_remote_code).to(device())
+    model = load_model(a.model, a.trust_remote_code).to(models.device())
     tokenizer = load_tokenizer(a.model, a.trust_remote_code)
     val_grad = validation_gradient(model, pd.read_parquet(a.data), read_parquets(a.ref), tokenizer, settings)
     save_val_grad(val_grad, a.out, settings)
@@ -281,7 +281,7 @@ def cmd_influence(a):
     settings = influence_settings(a, projection_dim=a.projection_dim, seed=a.seed)
     data = pd.read_parquet(a.data)
     pairs = data.iloc[shard_rows(len(data), a.shard, a.shards)]
-    model = load_model(a.model, a.trust_remote_code).to(device())
+    model = load_model(a.model, a.trust_remote_code).to(models.device())
     tokenizer = load_tokenizer(a.model, a.trust_remote_code)
     table = influence(model, pairs, read_parquets(a.ref), tokenizer, load_val_grad(a.val_grad, settings), settings)
     record = provenance.influence_record(a.model, data, a.val_grad, a.ref, asdict(settings), a.shard, a.shards)
@@ -343,10 +343,6 @@ def cmd_group_study(a):
 
 
 # Parser ---------------------------------------------------------------------------------------------------------
-
-
-def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def build_parser() -> argparse.ArgumentParser:

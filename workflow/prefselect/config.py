@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
+@functools.cache
 def _schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 

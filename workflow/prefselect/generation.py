@@ -10,8 +10,7 @@ from . import models
 
 def load_model(model_dir: str):
     """Model (in its saved dtype, from safetensors only) and tokenizer from a folder or hub id."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return models.load_model(model_dir, dtype="auto").to(device).eval(), models.load_tokenizer(model_dir)
+    return models.load_model(model_dir, dtype="auto").to(models.device()).eval(), models.load_tokenizer(model_dir)
 
 
 def eos_ids(model, tokenizer) -> set[int]:

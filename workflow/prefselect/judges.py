@@ -82,7 +82,7 @@ def reward_scores(judge: dict, prompts: list, continuations: list[str]) -> np.nd
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from .models import load_model, load_tokenizer
+    from .models import device, load_model, load_tokenizer
 
     path, remote = judge["model"], judge["trust_remote_code"]
     model = load_model(path, remote, dtype="auto", auto_class=AutoModelForSequenceClassification)
@@ -91,7 +91,7 @@ def reward_scores(judge: dict, prompts: list, continuations: list[str]) -> np.nd
     tokenizer = load_tokenizer(path, remote)
     tokenizer.padding_side = "right"  # positions then match an unpadded forward pass
     model.config.pad_token_id = tokenizer.pad_token_id  # the model reads its reward at the last non-pad token
-    model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    model = model.to(device()).eval()
     ids = [_reward_input(tokenizer, p, c) for p, c in zip(prompts, continuations)]
     order = np.argsort([len(x) for x in ids], kind="stable")  # similar lengths per batch: little padding
     rewards = np.empty(len(ids))

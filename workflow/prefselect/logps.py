@@ -29,7 +29,8 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl.trainer.dpo_trainer import DataCollatorForPreference, DPOTrainer
 
-PAIR_COLUMNS = ["id", "prompt", "chosen", "rejected"]
+from .provenance import PAIR_COLUMNS
+
 CHUNK_PAIRS = 4096  # pairs read and tokenized at a time; length sorting happens within a chunk
 LOGITS_PER_STEP = 2**24  # logits entries (64 MiB in float32) the LM head produces at a time
 PACKED_ATTENTION = ("sdpa", "eager")  # kernels that take an arbitrary (rows, 1, L, L) mask

@@ -25,6 +25,11 @@ KINDS = {
 }
 
 
+def device() -> str:
+    """Where models run: the GPU when there is one (the job's own, see gpus.placement), else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _check_source(path: str) -> None:
     """A local folder, or else a hub id (`org/name`, dots allowed: `meta-llama/Llama-3.1-8B-Instruct`).
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
+from .fetch import sha256_of
+
 KEY = "prefselect"
 PAIR_COLUMNS = ["id", "prompt", "chosen", "rejected"]
 # Files in a model folder that do not define the model: TRL's log holds timings, which differ between identical runs.
@@ -30,11 +32,7 @@ def digest(obj) -> str:
 
 
 def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return sha256_of(Path(path))[:16]
 
 
 @functools.lru_cache(maxsize=None)
@@ -106,12 +104,12 @@ def logps_record(model: str, pairs: pd.DataFrame | str, max_length: int, shard: 
                   shard=f"{shard}-of-{shards}")
 
 
-def reference_model(ref_path: str, pairs: pd.DataFrame | str, max_length: int) -> str | None:
-    """The fingerprint of the model behind reference log-probs, after checking they belong to `pairs`."""
+def reference_model(ref_path: str, data: str, max_length: int) -> str | None:
+    """The fingerprint of the model behind reference log-probs, after checking they belong to the pairs whose
+    fingerprint is `data`."""
     ref = read(ref_path)
     if ref is None:
         return None
-    data = pairs_fingerprint(pairs)
     if ref["inputs"]["data"] != data or ref["config"]["max_length"] != max_length:
         raise ValueError(
             f"reference log-probs {ref_path} were computed on other pairs or another max_length (data "
@@ -124,9 +122,10 @@ def reference_model(ref_path: str, pairs: pd.DataFrame | str, max_length: int) -
 def scores_record(warmup: str, aux: str, pairs: pd.DataFrame | str, ref_path: str, beta: float, loss_type: str,
                   max_length: int) -> dict:
     """A score shard: the two scored models, the pairs, the reference model and the settings of the scores."""
+    data = pairs_fingerprint(pairs)
     inputs = {
-        "warmup": model_fingerprint(warmup), "aux": model_fingerprint(aux), "data": pairs_fingerprint(pairs),
-        "reference": reference_model(ref_path, pairs, max_length),
+        "warmup": model_fingerprint(warmup), "aux": model_fingerprint(aux), "data": data,
+        "reference": reference_model(ref_path, data, max_length),
     }
     shard = (read(ref_path) or {}).get("shard")
     return record(inputs, {"beta": beta, "loss_type": loss_type, "max_length": max_length}, shard=shard)
@@ -171,9 +170,10 @@ def selection_record(name: str, spec: dict, seed: int, scores: str, pairs: pd.Da
 def influence_record(model: str, pairs: pd.DataFrame, val_grad: str, ref_paths: list[str], settings: dict,
                      shard: int, shards: int) -> dict:
     """An influence shard: the model θ, the pairs, ḡ_val, the reference model and the settings of IF."""
-    references = {reference_model(path, pairs, settings["max_length"]) for path in ref_paths}
+    data = pairs_fingerprint(pairs)
+    references = {reference_model(path, data, settings["max_length"]) for path in ref_paths}
     inputs = {
-        "model": model_fingerprint(model), "data": pairs_fingerprint(pairs), "val_grad": file_digest(val_grad),
+        "model": model_fingerprint(model), "data": data, "val_grad": file_digest(val_grad),
         "reference": sorted(references, key=str),
     }
     config = {k: v for k, v in settings.items() if k != "batch_size"}  # the batch changes the speed, not IF

@@ -53,6 +53,13 @@ def remote_code():
     return "--trust-remote-code" if config["model"]["trust_remote_code"] else ""
 
 
+# Options of every forward pass over pairs (reference, held-out and score log-probs).
+LOGPS_OPTIONS = (
+    f"--max-length {config['data']['max_length']} --batch-size {config['scoring']['batch_size']} "
+    f"{remote_code()}"
+)
+
+
 def dpo_flags(epochs):
     t, m = config["training"], config["method"]
     return (

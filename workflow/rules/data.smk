@@ -52,7 +52,7 @@ rule ref_logps:
         **job_resources("scoring"),
     params:
         model=input_or("sft", SFT),
-        options=f"--max-length {DATA['max_length']} --batch-size {config['scoring']['batch_size']} {remote_code()}",
+        options=LOGPS_OPTIONS,
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} logps --model {params.model} --data {input.data} "
         "--shard {wildcards.shard} --shards {wildcards.shards} {params.options} --out {output} > {log} 2>&1"

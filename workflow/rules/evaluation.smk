@@ -53,7 +53,7 @@ rule heldout_logps:
     resources:
         **job_resources("scoring"),
     params:
-        options=f"--max-length {DATA['max_length']} --batch-size {config['scoring']['batch_size']} {remote_code()}",
+        options=LOGPS_OPTIONS,
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} logps --model {input.model} --data {input.data} "
         "{params.options} --out {output} > {log} 2>&1"

@@ -21,7 +21,7 @@ rule score:
     params:
         options=(
             f"--beta {config['method']['beta']} --loss-type {config['method']['loss_type']} "
-            f"--max-length {DATA['max_length']} --batch-size {config['scoring']['batch_size']} {remote_code()}"
+            + LOGPS_OPTIONS
         ),
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} score --warmup {input.warmup} --aux {input.aux} "
