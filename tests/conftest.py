@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
-from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 SENTENCES = [
     "the movie was great fun and the cast was wonderful",
@@ -98,3 +98,25 @@ def reward_model(tmp_path_factory) -> str:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def loop_logps(folder: str, pairs: pd.DataFrame, max_length: int) -> pd.DataFrame:
+    """Summed completion log-probs, one pair and one completion at a time, from the full logits.
+
+    The completion is the text with EOS appended, and its tokens are those of prompt + completion after the
+    tokens of the prompt alone (the test pairs start every completion with a space, so the two agree).
+    """
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = []
+    for pair in pairs.itertuples():
+        prompt = tokenizer(pair.prompt)["input_ids"]
+        logps = {}
+        for key in ("chosen", "rejected"):
+            ids = tokenizer(pair.prompt + getattr(pair, key) + tokenizer.eos_token)["input_ids"]
+            assert ids[: len(prompt)] == prompt and len(ids) <= max_length
+            with torch.no_grad():
+                log_probs = model(torch.tensor([ids])).logits[0].double().log_softmax(-1)
+            logps[key] = sum(float(log_probs[t - 1, ids[t]]) for t in range(len(prompt), len(ids)))
+        rows.append({"id": pair.id, "chosen_logp": logps["chosen"], "rejected_logp": logps["rejected"]})
+    return pd.DataFrame(rows)

@@ -87,7 +87,8 @@ def outputs(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[dict], dict]:
 
 
 def check_invariant(report: dict) -> None:
-    assert sum(report["rows_read"].values()) == report["train"] + report["val"] + report["quarantined_total"]
+    kept = sum(report[split] for split in ("train", "val", "test", "dev"))
+    assert sum(report["rows_read"].values()) == kept + report["quarantined_total"]
     assert report["quarantined_total"] == sum(report["quarantined"].values())
 
 
@@ -400,3 +401,42 @@ def test_test_split_is_held_out_and_stable(tmp_path, tok_path):
     assert not set(test["id"]) & (set(train["id"]) | set(val["id"]))
     assert set(val["id"]) == set(pd.read_parquet(tmp_path / "a" / "val.parquet")["id"])  # val does not move
     assert test["id"].map(lambda i: not in_val(i, 0, 0.75)).all()
+
+
+def test_dev_split_is_held_out_of_every_other_split_stable_and_accounted_for(tmp_path, tok_path):
+    """Dev pairs come out of the validation pairs by the same hash, so θ_val never trains on them."""
+    def split(name: str, n: int, **extra) -> tuple[dict, dict[str, set]]:
+        src = write_lines(tmp_path / f"{name}.jsonl", [good_row(i) for i in range(n)])
+        report = prepare(src, str(tmp_path / name), tokenizer=tok_path, max_length=64, val_fraction=0.3,
+                         test_fraction=0.2, **extra)
+        ids = {s: set(pd.read_parquet(tmp_path / name / f"{s}.parquet")["id"]) for s in ("train", "val", "test", "dev")}
+        return report, ids
+
+    without, plain = split("plain", 80)
+    report, ids = split("dev", 80, dev_fraction=0.5)
+    more_report, more = split("more", 120, dev_fraction=0.5)  # 40 rows added
+    assert without["dev"] == 0 and not plain["dev"]
+    assert report["dev"] == len(ids["dev"]) > 0 and report["val"] == len(ids["val"]) > 0
+    check_invariant(report)
+    assert report["train"] + report["val"] + report["test"] + report["dev"] == 80 == sum(report["rows_read"].values())
+    for a, b in [("dev", "train"), ("dev", "val"), ("dev", "test")]:
+        assert not ids[a] & ids[b], (a, b)
+    assert ids["dev"] | ids["val"] == plain["val"]  # taken out of the validation pairs, nothing else moves
+    assert ids["train"] == plain["train"] and ids["test"] == plain["test"]
+    assert ids["dev"] <= more["dev"] and ids["val"] <= more["val"]  # adding rows moves no pair's split
+    assert more_report["dev"] > report["dev"]
+
+
+def test_dev_pairs_from_a_file_of_their_own(tmp_path, tok_path):
+    src = write_lines(tmp_path / "d.jsonl", [good_row(i) for i in range(40)])
+    dev_rows = [good_row(i) for i in range(100, 112)] + [good_row(3)]  # the last repeats a training row
+    dev = write_lines(tmp_path / "dev.jsonl", dev_rows)
+    report = prepare(src, str(tmp_path / "o"), tokenizer=tok_path, max_length=64, dev=dev, dev_fraction=0.5)
+    check_invariant(report)
+    assert report["rows_read"] == {src: 40, dev: 13}
+    assert report["dev"] == 12 and report["quarantined"]["duplicate_id"] == 1  # never a training pair too
+    dev_ids = set(pd.read_parquet(tmp_path / "o" / "dev.parquet")["id"])
+    train, val, _, _ = outputs(tmp_path / "o")
+    assert not dev_ids & (set(train["id"]) | set(val["id"])) and len(train) + len(val) == 40
+    with pytest.raises(ValueError, match="dev is the same as source"):
+        prepare(src, str(tmp_path / "p"), tokenizer=tok_path, max_length=64, dev=src)

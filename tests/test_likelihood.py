@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import make_pairs
+from conftest import loop_logps, make_pairs
 from prefselect.cli import main
 from prefselect.config import ConfigError, validate
 from prefselect.evaluation import likelihood_win_rates
@@ -18,28 +17,6 @@ from prefselect.judges import compare
 from prefselect.logps import pair_logps
 
 MAX_LENGTH = 64  # longer than every test pair: nothing is truncated
-
-
-def loop_logps(folder: str, pairs: pd.DataFrame) -> pd.DataFrame:
-    """Summed completion log-probs, one pair and one completion at a time, from the full logits.
-
-    The completion is the text with EOS appended, and its tokens are those of prompt + completion after the
-    tokens of the prompt alone (the test pairs start every completion with a space, so the two agree).
-    """
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    rows = []
-    for pair in pairs.itertuples():
-        prompt = tokenizer(pair.prompt)["input_ids"]
-        logps = {}
-        for key in ("chosen", "rejected"):
-            ids = tokenizer(pair.prompt + getattr(pair, key) + tokenizer.eos_token)["input_ids"]
-            assert ids[: len(prompt)] == prompt and len(ids) <= MAX_LENGTH
-            with torch.no_grad():
-                log_probs = model(torch.tensor([ids])).logits[0].double().log_softmax(-1)
-            logps[key] = sum(float(log_probs[t - 1, ids[t]]) for t in range(len(prompt), len(ids)))
-        rows.append({"id": pair.id, "chosen_logp": logps["chosen"], "rejected_logp": logps["rejected"]})
-    return pd.DataFrame(rows)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +37,7 @@ def logps(tiny_lm, tiny_lm_other, heldout):
 def test_likelihood_win_rate_matches_a_plain_loop(tiny_lm, tiny_lm_other, heldout, logps):
     ours = likelihood_win_rates({"trained": logps["trained"], "sft": logps["sft"]}, logps["sft"])
 
-    sft, trained = loop_logps(tiny_lm, heldout), loop_logps(tiny_lm_other, heldout)
+    sft, trained = loop_logps(tiny_lm, heldout, MAX_LENGTH), loop_logps(tiny_lm_other, heldout, MAX_LENGTH)
     margin = (trained.chosen_logp - sft.chosen_logp) - (trained.rejected_logp - sft.rejected_logp)
     won = (margin > 0).astype(float).to_numpy()
     assert 0 < won.mean() < 1  # both outcomes occur, so the check can fail

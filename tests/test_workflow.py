@@ -9,17 +9,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CONTRACT = [
-    "data/train.parquet", "data/val.parquet", "data/quarantine.jsonl", "data/report.json",
-    "scores/scores.parquet", "eval/results.json", "eval/results.md", "eval/deciles.md",
+    "data/train.parquet", "data/val.parquet", "data/dev.parquet", "data/quarantine.jsonl", "data/report.json",
+    "scores/scores.parquet", "eval/results.json", "eval/results.md", "eval/deciles.md", "eval/dev/choice.json",
+    "eval/tournament.json", "eval/tournament.md", "eval/tournament.png",
 ]
 SCORE_COLUMNS = [
     "id", "ref_chosen_logp", "ref_rejected_logp", "chosen_logp", "rejected_logp", "aux_chosen_logp",
     "aux_rejected_logp", "irm", "aux_irm", "loss", "aux_loss", "lossdiff",
 ]
-SELECTORS = ["lossdiff_irm", "full", "random", "oracle", "rated"]
+CANDIDATES = ["lossdiff_irm", "full", "aux_irm_top50"]  # the auto selector's: two named, one from its grid
+SELECTORS = ["lossdiff_irm", "full", "random", "oracle", "rated", "auto", "aux_irm_top50"]
 
 pytestmark = pytest.mark.e2e
 
@@ -83,7 +86,74 @@ def test_results_report_every_selector(workdir):
         assert r["ci_low"] <= r["win_rate"] <= r["ci_high"]
         assert r["n"] == 32 * 2
     report = json.loads((out / "data/report.json").read_text())
-    assert sum(report["rows_read"].values()) == report["train"] + report["val"] + report["quarantined_total"]
+    assert report["dev"] == len(pd.read_parquet(out / "data/dev.parquet")) > 40  # of 48 made, less quarantined ones
+    assert sum(report["rows_read"].values()) == report["train"] + report["val"] + report["dev"] + report["quarantined_total"]
+
+
+def test_auto_adopts_the_selection_and_model_of_the_candidate_its_dev_criterion_prefers(workdir):
+    out = workdir / "results"
+    choice = json.loads((out / "eval/dev/choice.json").read_text())
+    assert list(choice["candidates"]) == CANDIDATES
+    chosen = choice["chosen"]
+    assert choice["criterion"] == "dev_margin"  # the default
+    assert chosen == max(CANDIDATES, key=lambda name: choice["candidates"][name]["margin"])
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "selection/auto.parquet"),
+                                  pd.read_parquet(out / f"selection/{chosen}.parquet"), check_exact=True)
+    for file in ("model.safetensors", "config.json", "training_log.json"):
+        assert (out / "models/final-auto" / file).read_bytes() == (out / f"models/final-{chosen}" / file).read_bytes()
+    dev_ids = set(pd.read_parquet(out / "data/dev.parquet")["id"])
+    for split in ("train", "val", "test"):
+        assert not dev_ids & set(pd.read_parquet(out / f"data/{split}.parquet")["id"]), split
+    for name in CANDIDATES:
+        assert set(pd.read_parquet(out / f"eval/dev/logps/final-{name}.parquet")["id"]) == dev_ids
+    results = json.loads((out / "eval/results.json").read_text())["selectors"]
+    tournament = json.loads((out / "eval/tournament.json").read_text())
+    assert tournament["chosen"] == chosen and set(tournament["candidates"]) == set(CANDIDATES)
+    rates = {name: results[name]["win_rate"] for name in CANDIDATES}
+    assert tournament["regret"] == pytest.approx(max(rates.values()) - rates[chosen])
+    assert results["auto"]["kept"] == results[chosen]["kept"]
+
+
+def test_the_choice_reads_no_ground_truth_and_no_test_pair(workdir):
+    """Scramble the demo's ground truth and the test pairs (their times kept, so nothing upstream reruns) and rerun
+    the tournament: the same choice, to the last digit."""
+    out = workdir / "results"
+    before = (out / "eval/dev/choice.json").read_text()
+    saved = workdir / "saved"
+    saved.mkdir()
+    for name in ("train", "test"):
+        shutil.copy2(out / f"data/{name}.parquet", saved / f"{name}.parquet")
+    train = pd.read_parquet(out / "data/train.parquet")
+    train["flipped"] = ~train["flipped"]
+    train["oracle_margin"] = -train["oracle_margin"].sample(frac=1, random_state=1).to_numpy()
+    test = pd.read_parquet(saved / "train.parquet").head(5)
+    for frame, name in ((train, "train"), (test, "test")):
+        frame.to_parquet(out / f"data/{name}.parquet")
+        shutil.copystat(saved / f"{name}.parquet", out / f"data/{name}.parquet")
+    try:
+        snakemake(workdir, "--forcerun", "tournament", "--until", "tournament")
+        assert (out / "eval/dev/choice.json").read_text() == before
+    finally:
+        for name in ("train", "test"):
+            shutil.copy2(saved / f"{name}.parquet", out / f"data/{name}.parquet")
+
+
+def test_screening_trains_short_candidate_runs_and_only_the_winner_in_full(tmp_path):
+    """With screen_epochs, the candidates' models are shorter screen- runs, and final-auto trains from the chosen
+    selection like any selector (no adoption)."""
+    config = yaml.safe_load((REPO / "tests/e2e/config.yaml").read_text())
+    config["selectors"]["auto"]["screen_epochs"] = 0.25
+    (tmp_path / "screen.yaml").write_text(yaml.safe_dump(config))
+    plan = snakemake(tmp_path, "-n", "-p", config=str(tmp_path / "screen.yaml")).stdout
+    planned = jobs_of(plan)
+    assert "adopt_winner" not in planned
+    # every selector but the grid-only candidate trains in full (auto too); the three candidates train short runs
+    assert planned["final"] == len(SELECTORS) - 1 + len(CANDIDATES)
+    assert planned["heldout_logps"] == len(CANDIDATES)
+    for name in CANDIDATES:
+        assert f"--out results/models/screen-{name}" in plan
+    assert plan.count("--epochs 0.25") == len(CANDIDATES)
+    assert "models/final-aux_irm_top50" not in plan
 
 
 def test_html_report_holds_the_figures(workdir, tmp_path):
@@ -108,9 +178,11 @@ def test_rerun_after_a_lost_score_shard_recomputes_only_that_shard_and_its_depen
     planned = jobs_of(snakemake(workdir, "-n").stdout)
     n = len(SELECTORS)
     # Not planned: demo, prepare, ref_logps, warmup, aux, the other shard, nor sampling the SFT model again.
+    # The auto selector's selection and model come from its tournament, which reads its candidates' dev log-probs.
     assert planned == {
-        "all": 1, "score": 1, "merge_scores": 1, "select": n, "final": n, "sample": n, "evaluate": 1, "diagnose": 1,
-        "plots": 1,
+        "all": 1, "score": 1, "merge_scores": 1, "select": n - 1, "final": n - 1, "sample": n, "evaluate": 1,
+        "diagnose": 1, "plots": 1, "heldout_logps": len(CANDIDATES), "tournament": 1, "adopt_winner": 1,
+        "tournament_report": 1,
     }
     snakemake(workdir)
     pd.testing.assert_frame_equal(before, pd.read_parquet(out / "scores/scores.parquet"))

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from . import gpus, models
+from .tournament import CRITERIA
 
 
 def read_parquets(paths: list[str]) -> pd.DataFrame:
@@ -55,7 +56,7 @@ def cmd_demo_pairs(a):
     from .demo import make_pairs
 
     stats = make_pairs(
-        a.model, a.snippets, a.out, n_train=a.train, n_val=a.val, n_eval_prompts=a.eval_prompts,
+        a.model, a.snippets, a.out, n_train=a.train, n_val=a.val, n_dev=a.dev, n_eval_prompts=a.eval_prompts,
         prompt_words=a.prompt_words, samples=a.samples, max_new_tokens=a.max_new_tokens, noise=a.noise,
         noise_model=a.noise_model, tau=a.tau, seed=a.seed,
     )
@@ -71,7 +72,8 @@ def cmd_prepare(a):
     report = prepare(
         a.source, a.out, tokenizer=a.tokenizer, max_length=a.max_length, validation=a.validation,
         val_fraction=a.val_fraction, seed=a.seed, min_rows=a.min_rows, trust_remote_code=a.trust_remote_code,
-        split=a.split, validation_split=a.validation_split, test_fraction=a.test_fraction,
+        split=a.split, validation_split=a.validation_split, test_fraction=a.test_fraction, dev=a.dev,
+        dev_split=a.dev_split, dev_fraction=a.dev_fraction,
     )
     print(json.dumps(report))
 
@@ -185,6 +187,39 @@ def cmd_select(a):
     write_parquet(selection, a.out, provenance.metadata(record))
     bands = f" with bands {json.dumps(selection.attrs['bands'])}" if "bands" in selection.attrs else ""
     print(f"{a.name}: kept {selection['selected'].sum()} of {len(selection)} pairs{bands}")
+
+
+def cmd_tournament(a):
+    from . import provenance, tournament
+    from .io import write_json, write_parquet
+
+    choice, chosen_selection = tournament.run(a.names, a.logps, a.ref, a.selections, a.beta, a.loss_type, a.criterion)
+    # The chosen candidate's selection as it is, with its provenance and what chose it.
+    record = {**(provenance.read(chosen_selection) or {}), "chosen_by": {"tournament": a.criterion, "of": a.names}}
+    write_parquet(pd.read_parquet(chosen_selection), a.out_selection, provenance.metadata(record))
+    write_json(choice, a.out_choice)
+    print(f"chose {choice['chosen']} by {a.criterion}: {json.dumps(choice['candidates'][choice['chosen']])}")
+
+
+def cmd_adopt_winner(a):
+    from .tournament import adopt_winner
+
+    choice = json.loads(open(a.choice).read())
+    chosen = adopt_winner(choice, dict(item.split("=", 1) for item in a.models), a.out)
+    print(f"{a.out}: the final model of {chosen}")
+
+
+def cmd_tournament_report(a):
+    from .io import write_json, write_text
+    from .plots import tournament_figure
+    from .tournament import report, report_markdown
+
+    choice, results = (json.loads(open(path).read()) for path in (a.choice, a.results))
+    rep = report(choice, results, json.loads(a.specs), a.stage)
+    write_json(rep, a.out_json)
+    write_text(report_markdown(rep), a.out_md)
+    tournament_figure(rep, a.out_png)
+    print(report_markdown(rep))
 
 
 def cmd_sample(a):
@@ -391,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = step("demo-pairs", cmd_demo_pairs, "sample and label the demo's preference pairs")
     for name in ("model", "snippets", "out"):
         s.add_argument(f"--{name}", required=True)
-    for name, default in (("train", 1000), ("val", 250), ("eval-prompts", 512), ("prompt-words", 3), ("samples", 4),
+    for name, default in (("train", 1000), ("val", 250), ("dev", 250), ("eval-prompts", 512), ("prompt-words", 3), ("samples", 4),
                           ("max-new-tokens", 20), ("seed", 0)):
         s.add_argument(f"--{name}", type=int, default=default)
     s.add_argument("--noise", type=float, default=0.3)
@@ -410,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--min-rows", type=int, default=1)
     s.add_argument("--test-fraction", type=float, default=0.0, help="share of source pairs held out as test pairs")
+    s.add_argument("--dev", help="dev pairs (what the auto selector chooses on): a file, dataset folder or hub id")
+    s.add_argument("--dev-split", default="test", help="split of a --dev that is a hub id or folder")
+    s.add_argument("--dev-fraction", type=float, default=0.0,
+                   help="without --dev: share of the validation pairs held out as dev pairs (0: none)")
     s.add_argument("--trust-remote-code", action="store_true")
 
     def packaged_file_args(sub):
@@ -462,6 +501,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ref", required=True, help="reference log-probs of this shard")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--out", required=True)
+
+    s = step("tournament", cmd_tournament, "judge each candidate's model on the dev pairs and choose the rule")
+    s.add_argument("--names", nargs="+", required=True, help="the candidate selectors")
+    s.add_argument("--logps", nargs="+", required=True, help="dev log-probs of each candidate's model, in order")
+    s.add_argument("--ref", nargs="+", required=True, help="the SFT model's dev log-probs (its shards)")
+    s.add_argument("--selections", nargs="+", required=True, help="each candidate's selection, in order")
+    dpo_args(s)
+    s.add_argument("--criterion", choices=list(CRITERIA), required=True)
+    s.add_argument("--out-selection", required=True)
+    s.add_argument("--out-choice", required=True)
+
+    s = step("adopt-winner", cmd_adopt_winner, "the tournament winner's final model as the auto selector's")
+    s.add_argument("--choice", required=True)
+    s.add_argument("--models", nargs="+", required=True, help="name=folder of each candidate's final model")
+    s.add_argument("--out", required=True)
+
+    s = step("tournament-report", cmd_tournament_report, "the tournament's table, rank correlation and regret")
+    s.add_argument("--choice", required=True)
+    s.add_argument("--results", required=True, help="eval/results.json, for the judge's win rates")
+    s.add_argument("--specs", required=True, help="JSON: each candidate's selector")
+    s.add_argument("--stage", choices=["final", "screen"], default="final", help="what the candidate models were")
+    for name in ("out-json", "out-md", "out-png"):
+        s.add_argument(f"--{name}", required=True)
 
     s = step("merge-scores", cmd_merge_scores, "merge score shards; every training id exactly once")
     s.add_argument("--shards", nargs="+", required=True)

@@ -30,7 +30,27 @@ def compare_runs(result_files: list[str], baselines: list[str]) -> dict:
             if base in selectors and base != name:
                 row[f"vs_{base}"] = _mean_std([run[name]["win_rate"] - run[base]["win_rate"] for run in runs])
         table[name] = row
-    return {"runs": result_files, "n_runs": len(runs), "baselines": baselines, "selectors": table}
+    comparison = {"runs": result_files, "n_runs": len(runs), "baselines": baselines, "selectors": table}
+    tournaments = [Path(f).with_name("tournament.json") for f in result_files]
+    if all(path.exists() for path in tournaments):
+        comparison["tournament"] = tournament_summary([json.loads(path.read_text()) for path in tournaments])
+    return comparison
+
+
+def tournament_summary(reports: list[dict]) -> dict:
+    """Over the runs (`tournament.json` beside each results.json): the best candidate by the judge in each, and
+    per dev criterion what it chose in each run, with the mean regret of those choices and the mean rank
+    correlation of the criterion with the judge."""
+    summary = {"criterion": reports[0]["criterion"], "best_in_hindsight": [rep["best_in_hindsight"] for rep in reports],
+               "by_criterion": {}}
+    for criterion in reports[0]["by_criterion"]:
+        made = [rep["by_criterion"][criterion] for rep in reports]
+        row = {"chosen": [m["chosen"] for m in made]}
+        for key in ("regret", "spearman"):
+            values = [m[key] for m in made if m[key] is not None]
+            row[key] = _mean_std(values) if values else None
+        summary["by_criterion"][criterion] = row
+    return summary
 
 
 def comparison_markdown(comparison: dict) -> str:
@@ -50,4 +70,21 @@ def comparison_markdown(comparison: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Mean ± standard deviation over {comparison['n_runs']} runs (seeds); Δ = paired difference of win rates.")
+    if "tournament" in comparison:
+        lines += ["", *tournament_markdown(comparison["tournament"], comparison["n_runs"])]
     return "\n".join(lines) + "\n"
+
+
+def tournament_markdown(summary: dict, n_runs: int) -> list[str]:
+    def stat(value, spec):
+        return "–" if value is None else f"{value['mean']:{spec}} ± {value['std']:{spec}}"
+
+    lines = [f"Tournament over the runs; best candidate by the judge in each run: "
+             f"{', '.join(summary['best_in_hindsight'])}.", "",
+             "| criterion | chose, per run | regret | Spearman vs judge |", "|---|---|---|---|"]
+    for criterion, row in summary["by_criterion"].items():
+        mark = " (configured)" if criterion == summary["criterion"] else ""
+        lines.append(f"| {criterion}{mark} | {', '.join(row['chosen'])} | {stat(row['regret'], '.3f')} | "
+                     f"{stat(row['spearman'], '.2f')} |")
+    lines += ["", f"Regret: the best candidate's win rate minus the chosen one's, mean ± std over {n_runs} runs."]
+    return lines

@@ -10,6 +10,8 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator, validators
 
+from .tournament import candidate_names, grid_selectors
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 
 
@@ -53,6 +55,7 @@ def validate(config: dict) -> dict:
     if isinstance(config.get("evaluation"), dict) and "judge" in config["evaluation"]:
         config["evaluation"]["judge"] = judge_settings(config["evaluation"]["judge"])
     _check_schema(config, _schema())
+    _expand_grid(config["selectors"])
     _check_selectors(config["selectors"])
     _check_sources(config)
     _check_opponent(config)
@@ -89,6 +92,46 @@ def _check_selectors(selectors: dict) -> None:
                 raise ConfigError(f"config key {key}.bands.{column}: lower bound {lo} must be below upper bound {hi}")
         _check_external(key, spec)
         _check_target(key, spec, selectors)
+        _check_auto(key, spec, selectors)
+    autos = [name for name, spec in selectors.items() if spec["kind"] == "auto"]
+    if len(autos) > 1:
+        raise ConfigError(f"config key selectors.{autos[1]}: only one selector of kind 'auto' (also {autos[0]!r})")
+
+
+AUTO_KEYS = ("candidates", "grid", "criterion", "screen_epochs")
+
+
+def auto_selector(config: dict) -> str | None:
+    """The name of the selector of kind `auto`, if there is one."""
+    return next((name for name, spec in config["selectors"].items() if spec["kind"] == "auto"), None)
+
+
+def _expand_grid(selectors: dict) -> None:
+    """Add the band selectors of each `auto` grid, so that each gets its selection and final model like any other.
+    A name that is taken must hold the same rule (so validating twice changes nothing)."""
+    for name, spec in list(selectors.items()):
+        if spec.get("kind") != "auto" or not spec.get("grid"):
+            continue
+        for candidate, rule in grid_selectors(spec["grid"]).items():
+            if selectors.setdefault(candidate, rule) != rule:
+                raise ConfigError(f"config key selectors.{name}.grid: it makes a selector {candidate!r}, but "
+                                  f"selectors.{candidate} is already another rule; rename that one")
+
+
+def _check_auto(key: str, spec: dict, selectors: dict) -> None:
+    if spec["kind"] != "auto":
+        given = sorted(set(AUTO_KEYS) & spec.keys())
+        if given:
+            raise ConfigError(f"config key {key}.{given[0]}: allowed for kind 'auto' only")
+        return
+    for position, candidate in enumerate(spec["candidates"]):
+        kind = selectors.get(candidate, {}).get("kind")
+        if kind is None or kind in ("auto", "oracle"):
+            allowed = sorted(n for n, s in selectors.items() if s["kind"] not in ("auto", "oracle"))
+            why = "reads the ground truth" if kind == "oracle" else "is no selector to compete"
+            raise ConfigError(f"config key {key}.candidates.{position}: {candidate!r} {why}; allowed values: {allowed}")
+    if len(candidate_names(spec)) < 2:
+        raise ConfigError(f"config key {key}: an auto selector needs at least two candidates (`candidates`, `grid`)")
 
 
 def _check_external(key: str, spec: dict) -> None:
@@ -108,7 +151,7 @@ def _check_target(key: str, spec: dict, selectors: dict) -> None:
     """`like` or `fraction`: required for random and external, optional for bands, not allowed otherwise."""
     kind, like = spec["kind"], spec.get("like")
     given = {"like", "fraction"} & spec.keys()
-    if kind in ("full", "oracle") and given:
+    if kind in ("full", "oracle", "auto") and given:
         raise ConfigError(f"config key {key}: `like` and `fraction` do not apply to kind {kind!r}")
     if len(given) > 1 or (kind in ("random", "external") and not given):
         raise ConfigError(f"config key {key}: a {kind} selector needs exactly one of `like` or `fraction`")
@@ -182,6 +225,7 @@ def resolve_demo(config: dict) -> dict:
     config["model"]["path"] = f"{out}/models/sft"
     config["data"]["source"] = f"{out}/demo/train.jsonl"
     config["data"]["validation"] = f"{out}/demo/val.jsonl"
+    config["data"]["dev"] = f"{out}/demo/dev.jsonl"
     config["evaluation"]["prompts"] = config["evaluation"]["prompts"] or f"{out}/demo/eval_prompts.jsonl"
     return config
 

@@ -363,30 +363,34 @@ def _quarantine_summary(rows: list[Row]) -> str:
     )
 
 
-def _check_sizes(rows: list[Row], train: list[Row], val: list[Row], min_rows: int) -> None:
+def _check_sizes(rows: list[Row], splits: dict[str, list[Row]], min_rows: int) -> None:
+    train = splits["train"]
     if len(train) < min_rows:
         raise ValueError(
             f"only {len(train)} usable training rows, fewer than data.min_rows = {min_rows}; "
             + _quarantine_summary(rows)
         )
-    for name, split in (("train", train), ("val", val)):
-        if not split:
+    for name, split in splits.items():
+        if split is not None and not split:
             raise ValueError(f"the {name} split is empty; {_quarantine_summary(rows)}")
 
 
-def _report(rows: list[Row], files: list[str], train: list[Row], val: list[Row], test: list[Row], fmt: str) -> dict:
+def _report(rows: list[Row], files: list[str], splits: dict[str, list[Row] | None], fmt: str) -> dict:
     reasons = Counter(r.reason for r in rows if not r.ok)
     report = {
         "rows_read": {f: sum(r.file == f for r in rows) for f in files},
-        "train": len(train),
-        "val": len(val),
-        "test": len(test),
+        **{name: len(split or []) for name, split in splits.items()},
         "quarantined": {reason: reasons[reason] for reason in REASONS},
         "quarantined_total": reasons.total(),
         "format": fmt,
     }
-    assert sum(report["rows_read"].values()) == len(train) + len(val) + len(test) + report["quarantined_total"]
+    kept = sum(len(split or []) for split in splits.values())
+    assert sum(report["rows_read"].values()) == kept + report["quarantined_total"]
     return report
+
+
+def _empty_or_frame(rows: list[Row] | None) -> pd.DataFrame:
+    return _frame(rows) if rows else pd.DataFrame(columns=["id", *FIELDS])
 
 
 def prepare(
@@ -403,47 +407,62 @@ def prepare(
     split: str = "train",
     validation_split: str = "test",
     test_fraction: float = 0.0,
+    dev: str | None = None,
+    dev_split: str = "test",
+    dev_fraction: float = 0.0,
 ) -> dict:
-    """Write train.parquet, val.parquet, test.parquet, quarantine.jsonl and report.json under `out_dir`; return the
-    report.
+    """Write train.parquet, val.parquet, test.parquet, dev.parquet, quarantine.jsonl and report.json under
+    `out_dir`; return the report.
 
     With `validation`, all kept source rows are training rows; otherwise a row is a validation row when a hash
     of (seed, id) falls below `val_fraction`. `split` and `validation_split` choose the split of a source that is a
     hub id or dataset folder (e.g. `train_prefs` and `test_prefs` of HuggingFaceH4/ultrafeedback_binarized).
     A source row is a test row (held out of every stage, for the `likelihood` evaluation) when the same hash lies
     in the top `test_fraction`, so val and test never overlap and neither moves when the other fraction changes.
+    Dev pairs (what the `auto` selector chooses on) are the rows of `dev`, or else, with `dev_fraction`, the
+    validation rows whose hash lies in the lowest `dev_fraction` of the validation range: a stable share of them,
+    taken out of the validation pairs, so that θ_val never trains on them.
     """
-    source_name = dataset_name(source, split)
-    validation_name = validation and dataset_name(validation, validation_split)
-    if validation_name == source_name:
-        raise ValueError(
-            f"validation is the same as source ({source_name!r}): every validation row would be a duplicate"
-        )
+    names = {"source": dataset_name(source, split)}
+    if validation:
+        names["validation"] = dataset_name(validation, validation_split)
+    if dev:
+        names["dev"] = dataset_name(dev, dev_split)
+    for later, earlier in (("validation", "source"), ("dev", "source"), ("dev", "validation")):
+        if later in names and names[later] == names.get(earlier):
+            raise ValueError(f"{later} is the same as {earlier} ({names[later]!r}): every {later} row would be a "
+                             "duplicate")
     tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
-    files = [source_name] + ([validation_name] if validation else [])
+    files = list(names.values())
     rows = read_rows(source, split) + (read_rows(validation, validation_split) if validation else [])
+    rows += read_rows(dev, dev_split) if dev else []
     _assign_ids(rows)
     fmt = _decide_format(rows)
     _make_usable(rows, fmt, tok, tokenizer, max_length)
 
     kept = [r for r in rows if r.ok]
+    dev_rows = [r for r in kept if r.file == names.get("dev")]
+    kept = [r for r in kept if r.file != names.get("dev")]
     if validation:
-        train, val = [r for r in kept if r.file == source_name], [r for r in kept if r.file == validation_name]
+        train, val = [r for r in kept if r.file == names["source"]], [r for r in kept if r.file == names["validation"]]
     else:
         val_ids = {r.id for r in kept if in_val(r.id, seed, val_fraction)}
         train, val = [r for r in kept if r.id not in val_ids], [r for r in kept if r.id in val_ids]
+    if dev_fraction and not dev:
+        val_range = 1.0 if validation else val_fraction  # where the hash of a validation row lies
+        dev_rows = [r for r in val if in_val(r.id, seed, dev_fraction * val_range)]
+        val = [r for r in val if not in_val(r.id, seed, dev_fraction * val_range)]
     test_ids = {r.id for r in train if not in_val(r.id, seed, 1 - test_fraction)}
     train, test = [r for r in train if r.id not in test_ids], [r for r in train if r.id in test_ids]
-    _check_sizes(rows, train, val, min_rows)
-    if test_fraction and not test:
-        raise ValueError(f"the test split is empty (test_fraction {test_fraction}); {_quarantine_summary(rows)}")
-    report = _report(rows, files, train, val, test, fmt)
+    splits = {"train": train, "val": val, "test": test if test_fraction else None,
+              "dev": dev_rows if dev or dev_fraction else None}
+    _check_sizes(rows, splits, min_rows)
+    report = _report(rows, files, splits, fmt)
 
     out = Path(out_dir)
     write_jsonl((_quarantine_line(r) for r in rows if not r.ok), out / "quarantine.jsonl")
-    write_parquet(_frame(train), out / "train.parquet")
-    write_parquet(_frame(val), out / "val.parquet")
-    write_parquet(_frame(test) if test else pd.DataFrame(columns=["id", *FIELDS]), out / "test.parquet")
+    for name, split_rows in splits.items():
+        write_parquet(_empty_or_frame(split_rows), out / f"{name}.parquet")
     write_json(report, out / "report.json")
     log.info("prepare: %s", json.dumps(report))
     return report

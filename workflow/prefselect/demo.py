@@ -237,12 +237,13 @@ def _labelled(pairs: pd.DataFrame, flip: np.ndarray) -> pd.DataFrame:
 
 
 def make_pairs(model_dir: str, snippets: str, out_dir: str, *, n_train: int, n_val: int, n_eval_prompts: int,
+               n_dev: int = 0,
                prompt_words: int = 3, samples: int = 4, max_new_tokens: int = 20, noise: float = 0.3,
                noise_model: str = "uniform", tau: float = 0.1, seed: int = 0) -> dict:
     """Best-of-n vs worst-of-n pairs from the SFT model, judged by VADER; flips only training labels.
 
-    Writes train.jsonl, val.jsonl (never flipped), eval_prompts.jsonl and pairs_stats.json into out_dir;
-    the three prompt sets are disjoint. noise_model "uniform" flips exactly round(noise * n_train) pairs;
+    Writes train.jsonl, val.jsonl and dev.jsonl (never flipped), eval_prompts.jsonl and pairs_stats.json into
+    out_dir; the four prompt sets are disjoint. Dev pairs are drawn last, so they change none of the others. noise_model "uniform" flips exactly round(noise * n_train) pairs;
     "bradley_terry" flips each pair with P = sigmoid(-gap / tau) and ignores noise.
     """
     if noise_model not in NOISE_MODELS or not 0 <= noise <= 1 or tau <= 0 or min(n_train, n_val) < 1:
@@ -254,10 +255,12 @@ def make_pairs(model_dir: str, snippets: str, out_dir: str, *, n_train: int, n_v
     eval_prompts, pool = pool[:n_eval_prompts], pool[n_eval_prompts:]
     sampling = {"samples": samples, "max_new_tokens": max_new_tokens}
     train, train_ties, pool = _draw_pairs(model_dir, pool, n_train, rng, **sampling)
-    val, val_ties, _ = _draw_pairs(model_dir, pool, n_val, rng, **sampling)
+    val, val_ties, pool = _draw_pairs(model_dir, pool, n_val, rng, **sampling)
     train = _labelled(train, _flip_mask(train.oracle_margin.to_numpy(), noise, noise_model, tau, rng))
     val = _labelled(val, np.zeros(len(val), dtype=bool))
-    stats = {"train_pairs": len(train), "val_pairs": len(val), "eval_prompts": len(eval_prompts),
+    dev = _draw_pairs(model_dir, pool, n_dev, rng, **sampling)[0] if n_dev else pd.DataFrame(columns=val.columns)
+    dev = _labelled(dev, np.zeros(len(dev), dtype=bool))
+    stats = {"train_pairs": len(train), "val_pairs": len(val), "dev_pairs": len(dev), "eval_prompts": len(eval_prompts),
              "train_flipped": int(train.flipped.sum()), "flip_rate": float(train.flipped.mean()),
              "train_ties_dropped": train_ties, "val_ties_dropped": val_ties,
              "noise_model": noise_model, "noise": noise if noise_model == "uniform" else None,
@@ -265,6 +268,7 @@ def make_pairs(model_dir: str, snippets: str, out_dir: str, *, n_train: int, n_v
     out = Path(out_dir)
     write_jsonl(train.to_dict("records"), out / "train.jsonl")
     write_jsonl(val.to_dict("records"), out / "val.jsonl")
+    write_jsonl(dev.to_dict("records"), out / "dev.jsonl")
     write_jsonl(({"prompt": p} for p in eval_prompts), out / "eval_prompts.jsonl")
     write_json(stats, out / "pairs_stats.json")  # last: its presence means the folder is complete
     return stats

@@ -75,6 +75,33 @@ def results_figure(results: dict, path: str) -> None:
     save(fig, path)
 
 
+def tournament_figure(rep: dict, path: str) -> None:
+    """Each candidate's dev criterion with its interval; beside it, where the judge ran, criterion vs win rate."""
+    table = pd.DataFrame(rep["candidates"]).T
+    key = "loss" if rep["criterion"] == "dev_loss" else "accuracy"
+    judged = "win_rate" in table and table["win_rate"].notna().any()
+    fig, axes = plt.subplots(1, 2 if judged else 1, figsize=(13 if judged else 7, 4), squeeze=False)
+    ax = axes[0][0]
+    values = table[key].astype(float)
+    error = [values - table[f"{key}_low"].astype(float), table[f"{key}_high"].astype(float) - values]
+    colours = ["tab:red" if name == rep["chosen"] else "tab:blue" for name in table.index]
+    ax.bar(table.index, values, yerr=error, capsize=3, color=colours)
+    ax.set_title(f"dev {key} per candidate (95% interval; red: chosen)")
+    ax.tick_params(axis="x", labelrotation=60)
+    if judged:
+        ax = axes[0][1]
+        rows = table[table["win_rate"].notna()]
+        ax.scatter(rows[key].astype(float), rows["win_rate"].astype(float),
+                   c=["tab:red" if name == rep["chosen"] else "tab:blue" for name in rows.index])
+        for name, row in rows.iterrows():
+            ax.annotate(name, (float(row[key]), float(row["win_rate"])), fontsize=7)
+        rho = rep["spearman_criterion_vs_judge"]
+        ax.set_xlabel(f"dev {key}")
+        ax.set_ylabel(f"win rate vs {rep['opponent']}")
+        ax.set_title("dev criterion vs judge" + ("" if rho is None else f" (Spearman {rho:.2f})"))
+    save(fig, path)
+
+
 def html_table(frame: pd.DataFrame, path: str) -> None:
     write_text(frame.to_html(float_format=lambda x: f"{x:.3f}"), path)
 
@@ -83,7 +110,7 @@ def data_report_frame(report: dict) -> pd.DataFrame:
     """The data report as one column: rows read per file, kept per split, quarantined per reason."""
     rows = {f"rows read: {file}": n for file, n in report["rows_read"].items()}
     rows |= {"kept for training": report["train"], "kept for validation": report["val"]}
-    rows |= {"held out for testing": report["test"]}
+    rows |= {"held out for testing": report["test"], "held out as dev pairs": report["dev"]}
     rows |= {f"quarantined: {reason}": n for reason, n in report["quarantined"].items()}
     return pd.Series(rows, name="pairs").to_frame()
 

@@ -2,8 +2,27 @@ import json
 import shlex
 from pathlib import Path
 
+from prefselect.config import auto_selector
+from prefselect.tournament import candidate_names, grid_selectors
+
 OUT = config["outdir"]
 SELECTORS = list(config["selectors"])
+# The tournament of the `auto` selector, if there is one: its candidates train their own final models (or, with
+# screen_epochs, shorter `screen-` runs, after which only the winner trains in full as final-{AUTO}).
+AUTO = auto_selector(config)
+AUTO_SPEC = config["selectors"][AUTO] if AUTO else {}
+CANDIDATES = candidate_names(AUTO_SPEC) if AUTO else []
+SCREEN_EPOCHS = AUTO_SPEC.get("screen_epochs")
+TOURNAMENT_STAGE = "screen" if SCREEN_EPOCHS else "final"
+GRID_ONLY = (
+    set(grid_selectors(AUTO_SPEC["grid"])) - set(AUTO_SPEC["candidates"])
+    if AUTO_SPEC.get("grid")
+    else set()
+)
+# Selectors with a final model of their own, evaluated by the judge (screened grid candidates have none).
+FINALS = [s for s in SELECTORS if not (SCREEN_EPOCHS and s in GRID_ONLY)]
+# Selectors whose final model a DPO run trains; in full mode the auto selector adopts its winner's.
+TRAINED = [s for s in FINALS if s != AUTO or SCREEN_EPOCHS]
 SHARDS = config["scoring"]["shards"]
 SFT = config["model"]["path"]
 
@@ -126,4 +145,4 @@ def drawn_bands():
     return "'{}'"
 
 
-STAGES = ["warmup", "aux"] + [f"final-{s}" for s in SELECTORS]
+STAGES = ["warmup", "aux"] + [f"final-{s}" for s in FINALS]

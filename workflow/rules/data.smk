@@ -6,10 +6,12 @@ rule prepare:
         sft=local_model(SFT),
         source=local_file(DATA["source"]),
         validation=local_file(DATA["validation"]),
+        dev=local_file(DATA["dev"]),
     output:
         train=f"{OUT}/data/train.parquet",
         val=f"{OUT}/data/val.parquet",
         test=f"{OUT}/data/test.parquet",
+        dev=f"{OUT}/data/dev.parquet",
         quarantine=f"{OUT}/data/quarantine.jsonl",
         report=f"{OUT}/data/report.json",
     log:
@@ -25,6 +27,11 @@ rule prepare:
             if DATA["validation"]
             else ""
         ),
+        dev=lambda wildcards, input: (
+            f"--dev {input.dev or DATA['dev']} --dev-split {shlex.quote(DATA['dev_split'])}"
+            if DATA["dev"]
+            else f"--dev-fraction {DATA['dev_fraction'] if AUTO else 0}"
+        ),
         options=(
             f"--split {shlex.quote(DATA['split'])} --validation-split {shlex.quote(DATA['validation_split'])} "
             f"--max-length {DATA['max_length']} --val-fraction {DATA['val_fraction']} --test-fraction {DATA['test_fraction']} "
@@ -32,7 +39,7 @@ rule prepare:
         ),
     shell:
         "python -m prefselect prepare --source {params.source} {params.validation} --tokenizer {params.model} "
-        "--out {params.outdir} {params.options} > {log} 2>&1"
+        "--out {params.outdir} {params.dev} {params.options} > {log} 2>&1"
 
 
 rule ref_logps:
@@ -44,7 +51,7 @@ rule ref_logps:
     log:
         f"{OUT}/logs/ref_logps/{{split}}-{{shard}}-of-{{shards}}.log",
     wildcard_constraints:
-        split="train|val|test",
+        split="train|val|test|dev",
     conda:
         "../../envs/prefselect.yaml"
     threads: config["scoring"]["threads"]

@@ -57,6 +57,7 @@ rule demo_pairs:
     output:
         train=f"{OUT}/demo/train.jsonl",
         val=f"{OUT}/demo/val.jsonl",
+        dev=f"{OUT}/demo/dev.jsonl",
         eval_prompts=f"{OUT}/demo/eval_prompts.jsonl",
     log:
         f"{OUT}/logs/demo_pairs.log",

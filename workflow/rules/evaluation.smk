@@ -4,6 +4,8 @@ EVAL = config["evaluation"]
 EVAL_PROMPTS = EVAL["prompts"] or f"{OUT}/data/val.parquet"
 OPPONENT_SAMPLES = "sft" if EVAL["opponent"] == "sft" else "final-full"
 LIKELIHOOD = EVAL["judge"]["kind"] == "likelihood"
+# Held-out log-probs by folder under eval/: of the test pairs (likelihood judge) and of the dev pairs (tournament).
+HELDOUT = {"logps": "test", "dev/logps": "dev"}
 # What `evaluate` reads of each model; the SFT model's log-probs of the test pairs are the reference ones.
 PER_MODEL = f"{OUT}/eval/{'logps' if LIKELIHOOD else 'samples'}/{{model}}.parquet"
 OPPONENT = (
@@ -26,7 +28,7 @@ rule sample:
     log:
         f"{OUT}/logs/sample/{{model}}.log",
     wildcard_constraints:
-        model="sft|final-(" + "|".join(SELECTORS) + ")",
+        model="sft|final-(" + "|".join(FINALS) + ")",
     conda:
         "../../envs/prefselect.yaml"
     params:
@@ -38,15 +40,18 @@ rule sample:
 
 
 rule heldout_logps:
+    """Log-probs of held-out pairs under a trained model: the test pairs (eval/logps/, for the likelihood judge),
+    or the dev pairs (eval/dev/logps/, for the auto selector's tournament)."""
     input:
         model=f"{OUT}/models/{{model}}",
-        data=f"{OUT}/data/test.parquet",
+        data=lambda wildcards: f"{OUT}/data/{HELDOUT[wildcards.where]}.parquet",
     output:
-        f"{OUT}/eval/logps/{{model}}.parquet",
+        f"{OUT}/eval/{{where}}/{{model}}.parquet",
     log:
-        f"{OUT}/logs/heldout_logps/{{model}}.log",
+        f"{OUT}/logs/heldout_logps/{{where}}/{{model}}.log",
     wildcard_constraints:
-        model="final-(" + "|".join(SELECTORS) + ")",
+        where="|".join(HELDOUT),
+        model="(final|screen)-(" + "|".join(SELECTORS) + ")",
     conda:
         "../../envs/prefselect.yaml"
     threads: config["scoring"]["threads"]
@@ -61,8 +66,8 @@ rule heldout_logps:
 
 rule evaluate:
     input:
-        selections=expand(f"{OUT}/selection/{{selector}}.parquet", selector=SELECTORS),
-        samples=expand(PER_MODEL, model=[f"final-{s}" for s in SELECTORS]),
+        selections=expand(f"{OUT}/selection/{{selector}}.parquet", selector=FINALS),
+        samples=expand(PER_MODEL, model=[f"final-{s}" for s in FINALS]),
         opponent=OPPONENT,
         prompts=[] if LIKELIHOOD else EVAL_PROMPTS,
         data=f"{OUT}/data/train.parquet",
@@ -74,7 +79,7 @@ rule evaluate:
     conda:
         "../../envs/prefselect.yaml"
     params:
-        names=SELECTORS,
+        names=FINALS,
         judge=shlex.quote(json.dumps(EVAL["judge"])),
         opponent=EVAL["opponent"],
         prompts=lambda wildcards, input: (

@@ -8,7 +8,7 @@ rule select:
     log:
         f"{OUT}/logs/select/{{selector}}.log",
     wildcard_constraints:
-        selector="|".join(SELECTORS),
+        selector="|".join(s for s in SELECTORS if s != AUTO),
     conda:
         "../../envs/prefselect.yaml"
     params:

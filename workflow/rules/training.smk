@@ -51,23 +51,30 @@ rule aux:
 
 
 rule final:
+    """Continue from θ on a selection: final-{selector}, or with the auto selector's screen_epochs a shorter
+    screen-{candidate} run for its tournament."""
     input:
         warmup=rules.warmup.output,
         data=f"{OUT}/data/train.parquet",
         selection=f"{OUT}/selection/{{selector}}.parquet",
         ref=ref_shards("train"),
     output:
-        directory(f"{OUT}/models/final-{{selector}}"),
+        directory(f"{OUT}/models/{{stage}}-{{selector}}"),
     log:
-        f"{OUT}/logs/final-{{selector}}.log",
+        f"{OUT}/logs/{{stage}}-{{selector}}.log",
+    wildcard_constraints:
+        stage="final|screen" if SCREEN_EPOCHS else "final",
+        selector="|".join(TRAINED + CANDIDATES),
     conda:
         "../../envs/prefselect.yaml"
     threads: config["training"]["threads"]
     resources:
         **job_resources("training"),
     params:
-        flags=dpo_flags(TRAINING["final_epochs"]),
-        checkpoints=checkpoint_dir("final-{selector}"),
+        flags=lambda wildcards: dpo_flags(
+            SCREEN_EPOCHS if wildcards.stage == "screen" else TRAINING["final_epochs"]
+        ),
+        checkpoints=checkpoint_dir("{stage}-{selector}"),
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} train --model {input.warmup} --data {input.data} "
         "--selection {input.selection} --ref {input.ref} {params.flags} --checkpoint-dir {params.checkpoints} "

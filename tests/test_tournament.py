@@ -1,0 +1,171 @@
+"""The auto selector: grids of candidates, the dev criterion against a plain loop, the choice, its report."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import build_tiny_lm, loop_logps, make_pairs
+from prefselect.cli import main
+from prefselect.config import ConfigError, validate
+from prefselect.selection import select
+from prefselect.tournament import adopt_winner, choose, grid_selectors, report, report_markdown
+
+MAX_LENGTH = 64
+BETA = 0.1
+
+
+def config_with(selectors: dict) -> dict:
+    return {"model": {"path": "m"}, "data": {"source": "pairs.jsonl"}, "selectors": selectors}
+
+
+def test_a_grid_expands_to_band_rules_that_keep_their_fraction():
+    grid = {"shapes": ["top", "bottom", "middle"], "columns": ["irm", "lossdiff+irm"], "fractions": [0.5, 0.8]}
+    selectors = validate(config_with({"full": {"kind": "full"}, "auto": {"kind": "auto", "grid": grid}}))["selectors"]
+    made = grid_selectors(grid)
+    assert len(made) == 12 and set(made) <= set(selectors)
+    assert made["irm_bottom50"] == {"kind": "bands", "bands": {"irm": [0, 50]}, "fraction": 0.5}  # small margins
+    assert made["lossdiff_irm_middle80"] == {
+        "kind": "bands", "bands": {"lossdiff": [10, 90], "irm": [10, 90]}, "fraction": 0.8}  # the paper's shape
+    assert selectors["auto"] == {"kind": "auto", "grid": grid, "candidates": [], "criterion": "dev_margin",
+                                 "screen_epochs": None}
+    rng = np.random.default_rng(0)
+    scores = pd.DataFrame({"id": [f"p{i}" for i in range(1000)], "irm": rng.normal(size=1000),
+                           "lossdiff": rng.normal(size=1000)})
+    for name, spec in made.items():
+        kept = select(name, spec, scores, scores[["id"]])["selected"].to_numpy()
+        assert kept.mean() == pytest.approx(spec["fraction"], abs=0.002), name
+        irm = scores["irm"].to_numpy()
+        if name.startswith("irm_top"):
+            assert irm[kept].min() >= irm[~kept].max()
+        if name.startswith("irm_bottom"):
+            assert irm[kept].max() <= irm[~kept].min()
+        if name.startswith("irm_middle"):
+            assert irm[~kept].min() < irm[kept].min() and irm[kept].max() < irm[~kept].max()
+
+
+@pytest.mark.parametrize("selectors, message", [
+    ({"a": {"kind": "auto", "candidates": ["full", "nope"]}, "full": {"kind": "full"}},
+     "selectors.a.candidates.1: 'nope' is no selector to compete"),
+    ({"a": {"kind": "auto", "candidates": ["full", "oracle"]}, "full": {"kind": "full"}, "oracle": {"kind": "oracle"}},
+     "selectors.a.candidates.1: 'oracle' reads the ground truth"),
+    ({"a": {"kind": "auto", "candidates": ["full"]}, "full": {"kind": "full"}},
+     "selectors.a: an auto selector needs at least two candidates"),
+    ({"a": {"kind": "auto", "candidates": ["full", "x"]}, "b": {"kind": "auto", "candidates": ["full", "x"]},
+      "full": {"kind": "full"}, "x": {"kind": "full"}}, "selectors.b: only one selector of kind 'auto'"),
+    ({"full": {"kind": "full", "criterion": "dev_loss"}}, "selectors.full.criterion: allowed for kind 'auto' only"),
+    ({"a": {"kind": "auto", "candidates": ["full", "x"], "fraction": 0.5}, "full": {"kind": "full"},
+      "x": {"kind": "full"}}, "selectors.a: `like` and `fraction` do not apply to kind 'auto'"),
+    ({"a": {"kind": "auto", "grid": {"shapes": ["top"], "columns": ["irm"], "fractions": [0.5]}, "candidates": ["full"]},
+      "irm_top50": {"kind": "full"}, "full": {"kind": "full"}},
+     "selectors.a.grid: it makes a selector 'irm_top50', but selectors.irm_top50 is already another rule"),
+    ({"a": {"kind": "auto", "grid": {"shapes": ["top"], "columns": ["irm+nope"], "fractions": [0.5]}}},
+     "selectors.a.grid.columns.0"),
+    ({"a": {"kind": "auto", "candidates": ["full", "x"], "criterion": "judge"}, "full": {"kind": "full"},
+      "x": {"kind": "full"}}, "selectors.a.criterion"),
+])
+def test_bad_auto_selectors_name_the_key(selectors, message):
+    with pytest.raises(ConfigError, match="config key " + message.replace("(", r"\(").replace("+", r"\+")):
+        validate(config_with(selectors))
+
+
+def test_ties_go_to_the_candidate_that_keeps_more_then_to_the_earlier():
+    criteria = {name: {"loss": loss, "accuracy": acc} for name, loss, acc in
+                [("a", 0.70, 0.6), ("b", 0.70, 0.6), ("c", 0.69, 0.6), ("d", 0.71, 0.6)]}
+    kept = {"a": 0.5, "b": 1.0, "c": 0.4, "d": 0.8}
+    assert choose(criteria, kept, "dev_loss") == "c"
+    assert choose(criteria, kept, "dev_accuracy") == "b"
+    assert choose(criteria, {**kept, "b": 0.5, "d": 0.5}, "dev_accuracy") == "a"
+
+
+@pytest.fixture(scope="module")
+def candidates(tmp_path_factory):
+    """Three 'final models' (tiny LMs of different weights) beside the SFT one, and their selections."""
+    root = tmp_path_factory.mktemp("tournament")
+    models = {name: build_tiny_lm(root / name, seed=seed) for name, seed in (("sft", 0), ("a", 1), ("b", 2), ("c", 3))}
+    dev = make_pairs(20)
+    dev.to_parquet(root / "dev.parquet")
+    train = make_pairs(10)
+    for name, n_kept in (("a", 5), ("b", 10), ("c", 7)):
+        pd.DataFrame({"id": train["id"], "selected": np.arange(10) < n_kept}).to_parquet(root / f"sel-{name}.parquet")
+    for name, folder in models.items():  # the workflow's own log-prob step
+        main(["logps", "--model", folder, "--data", str(root / "dev.parquet"), "--max-length", str(MAX_LENGTH),
+              "--batch-size", "7", "--out", str(root / f"logps-{name}.parquet")])
+    return root, models, dev
+
+
+def run_tournament(root, criterion: str) -> dict:
+    main(["tournament", "--names", "a", "b", "c", "--logps", *(str(root / f"logps-{n}.parquet") for n in "abc"),
+          "--ref", str(root / "logps-sft.parquet"), "--selections", *(str(root / f"sel-{n}.parquet") for n in "abc"),
+          "--beta", str(BETA), "--criterion", criterion, "--out-selection", str(root / "auto.parquet"),
+          "--out-choice", str(root / "choice.json")])
+    return json.loads((root / "choice.json").read_text())
+
+
+def test_dev_criterion_equals_a_plain_loop_and_the_choice_is_its_best(candidates):
+    root, models, dev = candidates
+    choice = run_tournament(root, "dev_loss")
+    sft = loop_logps(models["sft"], dev, MAX_LENGTH)
+    expected = {}
+    for name in "abc":
+        own = loop_logps(models[name], dev, MAX_LENGTH)
+        h = ((own.chosen_logp - sft.chosen_logp) - (own.rejected_logp - sft.rejected_logp)).to_numpy()
+        per_pair = {"margin": BETA * h, "accuracy": (h > 0).astype(float), "loss": np.log1p(np.exp(-BETA * h))}
+        expected[name] = {"n": 20}
+        for key, values in per_pair.items():
+            half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
+            expected[name] |= {key: values.mean(), f"{key}_low": values.mean() - half, f"{key}_high": values.mean() + half}
+        assert 0 < per_pair["accuracy"].mean() < 1  # both outcomes occur, so the check can fail
+        got = {key: choice["candidates"][name][key] for key in expected[name]}
+        assert got == pytest.approx(expected[name], abs=1e-5)  # float32 logits, in another order
+    assert choice["chosen"] == min(expected, key=lambda n: expected[n]["loss"])
+    assert choice["candidates"][choice["chosen"]]["gap"] == 0.0
+    assert choice["candidates"]["b"]["kept_fraction"] == 1.0
+    # the auto selection is the chosen candidate's, row for row
+    pd.testing.assert_frame_equal(pd.read_parquet(root / "auto.parquet"),
+                                  pd.read_parquet(root / f"sel-{choice['chosen']}.parquet"), check_exact=True)
+    for criterion, key, best in (("dev_accuracy", "accuracy", max), ("dev_margin", "margin", max)):
+        top = best(expected[n][key] for n in "abc")
+        assert run_tournament(root, criterion)["chosen"] in [n for n in "abc" if expected[n][key] == top]
+
+
+def test_the_winners_model_is_adopted_without_a_second_copy(candidates, tmp_path):
+    root, models, _ = candidates
+    (root / "b" / ".snakemake_timestamp").touch()  # as Snakemake leaves in a folder output
+    out = tmp_path / "final-auto"
+    assert adopt_winner({"chosen": "b"}, {n: models[n] for n in "abc"}, str(out)) == "b"
+    files = [file for file in os.listdir(models["b"]) if not file.startswith(".")]
+    assert sorted(os.listdir(out)) == sorted(files) and "model.safetensors" in files
+    for file in files:
+        assert (out / file).read_bytes() == (root / "b" / file).read_bytes()
+        assert os.path.samefile(out / file, root / "b" / file)  # a hard link on one file system
+
+
+def test_report_correlates_the_criterion_with_the_judge_and_states_the_regret():
+    choice = {"chosen": "b", "criterion": "dev_loss", "candidates": {
+        name: {"kept_fraction": kept, "loss": loss, "loss_low": loss - 0.1, "loss_high": loss + 0.1, "accuracy": 0.6,
+               "accuracy_low": 0.5, "accuracy_high": 0.7, "n": 10, "margin": 1 - loss, "margin_low": 0.0,
+               "margin_high": 1.0, "gap": 0.0, "gap_low": 0.0, "gap_high": 0.0}
+        for name, kept, loss in (("a", 1.0, 0.9), ("b", 0.64, 0.5), ("c", 0.64, 0.7), ("d", 0.5, 0.6))}}
+    results = {"opponent": "sft", "selectors": {
+        name: {"win_rate": rate, "ci_low": rate - 0.05, "ci_high": rate + 0.05, "flipped_share_kept": 0.2}
+        for name, rate in (("a", 0.55), ("b", 0.60), ("c", 0.62), ("d", 0.58))}}
+    specs = {"a": {"kind": "full"}, "b": {"kind": "bands", "bands": {"irm": [0, 50]}, "fraction": 0.64},
+             "c": {"kind": "bands", "bands": {"lossdiff": [10, 90], "irm": [10, 90]}}, "d": {"kind": "random", "like": "b"}}
+    rep = report(choice, results, specs, "final")
+    # by the criterion (lower loss better): b > d > c > a; by the judge: c > b > d > a
+    assert rep["spearman_criterion_vs_judge"] == pytest.approx(0.4)
+    assert rep["regret"] == pytest.approx(0.02) and rep["best_in_hindsight"] == "c"
+    assert rep["candidates"]["b"]["rule"] == "irm [0, 50], 64% kept"
+    assert rep["candidates"]["c"]["rule"] == "lossdiff [10, 90] ∩ irm [10, 90]"
+    assert rep["candidates"]["d"]["rule"] == "random, as many as b"
+    table = report_markdown(rep)
+    assert "| **b** | irm [0, 50], 64% kept | 0.64 |" in table and "hindsight is `c`" in table
+    assert "| dev_loss (configured) | b | 0.40 | 0.020 |" in table
+    assert "| dev_accuracy | a | – | 0.070 |" in table  # every accuracy ties: the one that keeps the most pairs
+    screened = report(choice, results, specs, "screen")  # the judge saw other models than the dev criterion did
+    assert screened["regret"] is None and "win_rate" not in screened["candidates"]["a"]
