@@ -290,18 +290,29 @@ def influence_vs_scoring(work: Path, tokenizer, name: str, rng, s: Setup) -> dic
 
 
 def peak_memory(folder: Path, n_pairs: int, rng, work: Path, s: Setup) -> dict:
-    """Peak RSS and wall time of one `prefselect logps` process scoring n_pairs (a fresh process each)."""
+    """Peak RSS of one `prefselect logps` process scoring n_pairs (a fresh process each), and what the step adds
+    above the process's peak before it began, when its libraries were imported: a step that held every pair at
+    once would add memory in proportion to the pairs; a streaming one adds the same at any size."""
     data = work / f"pairs-{n_pairs}.parquet"
-    synthetic_pairs(rng, n_pairs, 3, 4).to_parquet(data)  # short pairs: memory is the point, not speed
+    synthetic_pairs(rng, n_pairs, s.prompt_words, s.completion_words).to_parquet(data)
     step = ["--threads", str(torch.get_num_threads()), "logps", "--model", str(folder), "--data", str(data),
             "--max-length", str(s.max_length), "--out", str(work / f"logps-{n_pairs}.parquet")]
-    report_peak = "import resource, sys; from prefselect.cli import main; main(sys.argv[1:]); " \
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    report_peak = ("import resource, sys; from prefselect.cli import main; "
+                   "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; main(sys.argv[1:]); "
+                   "print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     path = os.pathsep.join(filter(None, [str(REPO / "workflow"), os.environ.get("PYTHONPATH")]))
     start = time.perf_counter()
     run = subprocess.run([sys.executable, "-c", report_peak, *step], check=True, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": path})
-    return {"peak_rss_mb": int(run.stdout.split()[-1]) / 1024, "seconds": time.perf_counter() - start}
+    before, peak = (int(kb) / 1024 for kb in run.stdout.split()[-2:])
+    return {"peak_rss_mb": peak, "imports_rss_mb": before, "added_rss_mb": peak - before,
+            "text_mb": float(pd.read_parquet(data).memory_usage(deep=True).sum()) / 2**20,
+            "seconds": time.perf_counter() - start}
+
+
+def memory_rows(work: Path, tokenizer, rng, s: Setup) -> dict:
+    tiny = build_model(work / "tiny", tokenizer, dict(n_layer=1, n_embd=32, n_head=2), s.vocab, 2 * s.max_length)
+    return {n: peak_memory(tiny, n, rng, work, s) for n in s.memory_sizes}
 
 
 def merge_and_select(n_rows: int, rng) -> float:
@@ -405,6 +416,10 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         tokenizer = build_tokenizer(work / "tokenizer", rng)
+        if args.memory_only:
+            result["peak_memory"] = memory_rows(work, tokenizer, rng, s)
+            result["machine"]["load_average_end"] = os.getloadavg()[0]
+            return result
         folders = {name: build_model(work / name, tokenizer, shape, s.vocab, 2 * s.max_length)
                    for name, shape in s.models.items()}
         result["scoring"] = {}
@@ -415,9 +430,7 @@ def run(args) -> dict:
         result["tokenization_pairs_per_s"] = tokenization_rate(folders[name], pairs, s)
         result["influence"] = influence_vs_scoring(work, tokenizer, next(iter(s.models)), rng, s)
         if s.memory_sizes:
-            tiny = build_model(work / "tiny", tokenizer, dict(n_layer=1, n_embd=32, n_head=2), s.vocab,
-                               2 * s.max_length)
-            result["peak_memory"] = {n: peak_memory(tiny, n, rng, work, s) for n in s.memory_sizes}
+            result["peak_memory"] = memory_rows(work, tokenizer, rng, s)
     if s.device == "cpu":  # machine-independent of the GPU: measured by the CPU run
         result["workflow"] = workflow_overhead(args.demo_results)
         result["merge_select_s"] = {s.merge_rows: merge_and_select(s.merge_rows, rng)}
@@ -431,6 +444,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--demo-results", help="outdir of a completed demo run (default config), for the no-op rerun")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak memory rows")
     parser.add_argument("--json", help="where to write the results (default: benchmarks/scoring[-quick][-cuda].json)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -452,30 +466,33 @@ def table(r: dict) -> str:
              f"max_length {r['max_length']}, batch_size {r['batch_size']}",
              f"matmul: {r['peak_flops']['matmul'] / 1e9:.1f} GFLOP/s measured"
              + (f"; bf16 dense peak {r['peak_flops']['bf16'] / 1e12:.0f} TFLOP/s"
-                if r["peak_flops"].get("bf16") else ""),
-             "",
-             "| model | pairs | tokens/pair: text, TRL computes, prefselect computes | prefselect pairs/s "
-             "| same, padded layout | TRL pairs/s | speed-up | forward GFLOP/s (share of matmul) | largest Δ from TRL "
-             "(truncated) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, x in r["scoring"].items():
-        t = x["tokens_per_pair"]
-        bf16 = f", {x['share_of_bf16_peak']:.0%} of bf16 peak" if "share_of_bf16_peak" in x else ""
-        lines.append(
-            f"| {name} | {x['pairs']} | {t['text']:.0f}, {t['trl']:.0f}, {t['prefselect']:.0f} "
-            f"| {x['prefselect_pairs_per_s']:.0f} | {x['padded_pairs_per_s']:.0f} | {x['trl_pairs_per_s']:.0f} "
-            f"| {x['speedup']:.2f}x | {x['forward_flops'] / 1e9:.1f} ({x['share_of_matmul']:.0%}{bf16}) "
-            f"| {x['max_abs_diff_vs_trl']['full']:.1e} ({x['max_abs_diff_vs_trl']['truncated']:.1e}) |")
-    lines += ["", "TRL's tokenization (shared by both paths, not timed above): "
-                  f"{r['tokenization_pairs_per_s']:.0f} pairs/s"]
-    i = r["influence"]
-    lines += ["", "| model | pairs | LossDiff-IRM scoring (θ and θ_val) s | per-pair gradients s | ratio | FLOP ratio "
-                  "| ḡ_val s |", "|---|---|---|---|---|---|---|",
-              f"| {i['model']} | {i['pairs']} | {i['score_s']:.2f} | {i['influence_s']:.2f} | {i['ratio']:.1f}x "
-              f"| {i['flop_ratio']:.1f}x | {i['val_grad_s']:.2f} ({i['val_pairs']} pairs) |"]
+                if r["peak_flops"].get("bf16") else "")]
+    if "scoring" in r:
+        lines += ["",
+                  "| model | pairs | tokens/pair: text, TRL computes, prefselect computes | prefselect pairs/s "
+                  "| same, padded layout | TRL pairs/s | speed-up | forward GFLOP/s (share of matmul) | largest Δ "
+                  "from TRL (truncated) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, x in r["scoring"].items():
+            t = x["tokens_per_pair"]
+            bf16 = f", {x['share_of_bf16_peak']:.0%} of bf16 peak" if "share_of_bf16_peak" in x else ""
+            lines.append(
+                f"| {name} | {x['pairs']} | {t['text']:.0f}, {t['trl']:.0f}, {t['prefselect']:.0f} "
+                f"| {x['prefselect_pairs_per_s']:.0f} | {x['padded_pairs_per_s']:.0f} | {x['trl_pairs_per_s']:.0f} "
+                f"| {x['speedup']:.2f}x | {x['forward_flops'] / 1e9:.1f} ({x['share_of_matmul']:.0%}{bf16}) "
+                f"| {x['max_abs_diff_vs_trl']['full']:.1e} ({x['max_abs_diff_vs_trl']['truncated']:.1e}) |")
+        lines += ["", "TRL's tokenization (shared by both paths, not timed above): "
+                      f"{r['tokenization_pairs_per_s']:.0f} pairs/s"]
+        i = r["influence"]
+        lines += ["", "| model | pairs | LossDiff-IRM scoring (θ and θ_val) s | per-pair gradients s | ratio | FLOP ratio "
+                      "| ḡ_val s |", "|---|---|---|---|---|---|---|",
+                  f"| {i['model']} | {i['pairs']} | {i['score_s']:.2f} | {i['influence_s']:.2f} | {i['ratio']:.1f}x "
+                  f"| {i['flop_ratio']:.1f}x | {i['val_grad_s']:.2f} ({i['val_pairs']} pairs) |"]
     if "peak_memory" in r:
-        lines += ["", "| pairs in one `prefselect logps` process | peak RSS (MB) | seconds |", "|---|---|---|"]
-        lines += [f"| {n} | {x['peak_rss_mb']:.0f} | {x['seconds']:.1f} |" for n, x in r["peak_memory"].items()]
+        lines += ["", "| pairs in one `prefselect logps` process | their text in memory (MB) | peak RSS (MB) | "
+                      "of it, after the imports (MB) | added by the step (MB) | seconds |", "|---|---|---|---|---|---|"]
+        lines += [f"| {n} | {x['text_mb']:.0f} | {x['peak_rss_mb']:.0f} | {x['imports_rss_mb']:.0f} | "
+                  f"{x['added_rss_mb']:.0f} | {x['seconds']:.1f} |" for n, x in r["peak_memory"].items()]
     if "workflow" in r:
         w = r["workflow"]
         d, noop = w["dry_run"], w["noop_rerun"]

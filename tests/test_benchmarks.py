@@ -33,14 +33,28 @@ def test_quick_benchmark_reports_every_row(tmp_path):
     assert influence["score_s"] > 0 and influence["influence_s"] > 0 and influence["ratio"] > 0
     assert influence["flop_ratio"] > 1  # a forward and a backward per sequence cost more than 2 packed forwards
     memory = {int(n): x for n, x in r["peak_memory"].items()}
-    assert len(memory) == 3 and all(x["peak_rss_mb"] > 0 and x["seconds"] > 0 for x in memory.values())
-    assert memory[max(memory)]["peak_rss_mb"] < 1.1 * memory[min(memory)]["peak_rss_mb"]  # 10x the pairs: flat
+    assert len(memory) == 3 and all(x["seconds"] > 0 and 0 < x["imports_rss_mb"] <= x["peak_rss_mb"]
+                                    and x["added_rss_mb"] == x["peak_rss_mb"] - x["imports_rss_mb"]
+                                    for x in memory.values())
+    assert memory[max(memory)]["text_mb"] > 5 * memory[min(memory)]["text_mb"]
+    # 10x the pairs: what the step adds stays within 50 MB (streamed; at these sizes all pairs are only a few MB)
+    assert memory[max(memory)]["added_rss_mb"] < memory[min(memory)]["added_rss_mb"] + 50
     dry_run = r["workflow"]["dry_run"]
     assert dry_run["jobs"] > 0 and dry_run["seconds"] > 0
     assert dry_run["ref_logps_jobs"] == dry_run["ref_logps_expected"]  # reference log-probs computed once
     assert "no completed demo run" in r["workflow"]["noop_rerun"]["skipped"]
     assert all(s > 0 for s in r["merge_select_s"].values())
-    assert "| demo (0.9M) |" in run.stdout and "peak RSS" in run.stdout  # the table
+    assert "| demo (0.9M) |" in run.stdout and "added by the step (MB)" in run.stdout  # the table
+
+
+def test_memory_only_runs_just_the_memory_rows(tmp_path):
+    out = tmp_path / "memory.json"
+    run = subprocess.run([*BENCH, "--quick", "--memory-only", "--threads", "1", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert len(r["peak_memory"]) == 3 and "scoring" not in r and "workflow" not in r
+    assert "added by the step (MB)" in run.stdout and "| model | pairs |" not in run.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU variant runs here")

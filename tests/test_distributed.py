@@ -2,13 +2,17 @@
 launch it; on a machine without GPUs both processes run on the CPU (gloo). The same batch of 8 pairs, split 4 and 4
 over two processes, makes the same update as in one process."""
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 from conftest import make_pairs
 
@@ -70,3 +74,51 @@ def test_two_deepspeed_processes_train_the_same_model_as_one_process(data, tiny_
     for name, value in trained.items():
         assert (value - start[name]).abs().max() > 1e-4, name  # it trained...
         assert (value - one_process[name]).abs().max() < 1e-5, name  # ...exactly as one process would
+
+
+def launch(data, tiny_lm, out, checkpoints, **popen):
+    """`prefselect --gpus 2 train` with ZeRO-2 for 2 epochs (8 optimizer steps), a checkpoint every 2."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
+    env.update(CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO / "workflow"))
+    command = [
+        sys.executable, "-m", "prefselect", "--gpus", "2", "train", "--deepspeed", "zero2", "--model", tiny_lm,
+        "--data", str(data / "pairs.parquet"), "--ref", str(data / "ref.parquet"), "--batch-size", "8",
+        "--epochs", "2", "--max-length", "48", "--save-steps", "2", "--checkpoint-dir", str(checkpoints),
+        "--out", str(out),
+    ]
+    return subprocess.Popen(command, env=env, **popen)
+
+
+def test_a_killed_deepspeed_run_resumes_and_ends_as_an_uninterrupted_one(data, tiny_lm):
+    uninterrupted = launch(data, tiny_lm, data / "uninterrupted", data / "checkpoints-uninterrupted",
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert uninterrupted.wait(timeout=600) == 0
+
+    out, checkpoints = data / "killed", data / "checkpoints-killed"
+    process = launch(data, tiny_lm, out, checkpoints, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not list(checkpoints.glob("run-*/checkpoint-*/trainer_state.json")):
+        assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.01)
+    # The launcher and both training processes at once, as a cluster kills a job (torch starts the training
+    # processes in sessions of their own, so a signal to the launcher's group would miss them).
+    family = [process.pid, *(child.pid for child in psutil.Process(process.pid).children(recursive=True))]
+    assert len(family) >= 3
+    for pid in family:
+        os.kill(pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not out.exists()
+    done = max(int(p.name.split("-")[1]) for p in checkpoints.glob("run-*/checkpoint-*")
+               if (p / "trainer_state.json").is_file())
+    assert 0 < done < 8
+
+    rerun = launch(data, tiny_lm, out, checkpoints, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = rerun.communicate(timeout=600)[0]
+    assert rerun.returncode == 0, output[-5000:]
+    assert "resuming from" in output and "2 process(es) on cpu, DeepSpeed ZeRO-2" in output
+    log = json.loads((out / "training_log.json").read_text())
+    assert [entry["step"] for entry in log if "loss" in entry] == list(range(1, 9))
+    resumed, expected = weights(out), weights(data / "uninterrupted")
+    for name, value in expected.items():
+        assert (resumed[name] - value).abs().max() == 0, name  # the same steps on the same batches, bit for bit
+    assert not checkpoints.exists()

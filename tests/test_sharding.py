@@ -138,5 +138,6 @@ def test_a_shard_killed_mid_way_leaves_nothing_and_its_rerun_merges_to_the_same_
     for name, parts in (("uninterrupted", shards), ("rerun", [shards[0], str(killed)])):
         merged[name] = tmp_path / f"{name}.parquet"
         main(["merge-scores", "--shards", *parts, "--data", str(data), "--out", str(merged[name])])
-    pd.testing.assert_frame_equal(pd.read_parquet(merged["uninterrupted"]), pd.read_parquet(merged["rerun"]))
+    pd.testing.assert_frame_equal(pd.read_parquet(merged["uninterrupted"]), pd.read_parquet(merged["rerun"]),
+                                  check_exact=True)
     assert provenance.read(merged["uninterrupted"]) == provenance.read(merged["rerun"])

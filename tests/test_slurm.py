@@ -48,11 +48,17 @@ def cluster_problem() -> str | None:
     return None
 
 
+def ci() -> bool:
+    """In CI (`CI=true`, as .ci/run sets it) the cluster is part of the run: missing, it is a failure, not a skip."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
 @pytest.fixture(scope="module")
 def cluster():
     problem = cluster_problem()
     if problem:
-        pytest.skip(f"no SLURM: {problem}; start a one-node cluster with `bash .ci/slurm-up.sh` (Debian, root)")
+        why = f"no SLURM: {problem}; start a one-node cluster with `bash .ci/slurm-up.sh` (Debian, root)"
+        pytest.fail(why) if ci() else pytest.skip(why)
     pytest.importorskip("snakemake_executor_plugin_slurm", reason="no SLURM executor plugin: pip install '.[slurm]'")
 
 
@@ -119,3 +125,13 @@ def test_retries_give_the_scoring_jobs_more_memory_and_the_run_completes(workdir
         assert len(logs) == 3 and f"mem_mb={2 * memory}," in logs[-1].read_text()
         assert "test: out of memory" not in (out / f"logs/score/{shard}-of-2.log").read_text()
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout
+
+
+def test_in_ci_a_cluster_that_is_not_up_fails_the_run_with_its_reason(monkeypatch):
+    monkeypatch.setenv("PATH", "")  # no sinfo: the state of a machine where SLURM could not be installed
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="no SLURM: sinfo not found"):
+        cluster.__wrapped__()
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="no SLURM: sinfo not found"):
+        cluster.__wrapped__()

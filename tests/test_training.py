@@ -126,7 +126,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint_and_ends_as_an_unint
     # ...on the same batches, with the same optimizer state: the same model as an uninterrupted run.
     resumed, uninterrupted = load_model(str(out)).state_dict(), load_model(str(tmp_path / "uninterrupted")).state_dict()
     for name, value in uninterrupted.items():
-        torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-5, msg=name)
+        assert torch.equal(resumed[name], value), name  # bit for bit
     assert not checkpoints.exists()  # removed once the model is complete
 
 
@@ -140,7 +140,23 @@ class StopAfter(TrainerCallback):
         control.should_training_stop = state.global_step >= self.step
 
 
-def test_checkpoints_of_a_run_with_other_settings_are_not_resumed(tiny_lm, pairs, ref, tmp_path, capsys):
+def other_pairs(pairs, ref, settings):
+    changed = pairs.copy()
+    changed.loc[0, "rejected"] = changed.loc[0, "rejected"] + " indeed"
+    return changed, ref, settings
+
+
+def other_reference(pairs, ref, settings):
+    return pairs, ref.assign(chosen_logp=ref["chosen_logp"] - 0.5), settings
+
+
+def other_settings(pairs, ref, settings):
+    return pairs, ref, replace(settings, learning_rate=2e-3)
+
+
+@pytest.mark.parametrize("change", [other_settings, other_pairs, other_reference])
+def test_checkpoints_of_a_run_with_other_inputs_or_settings_are_not_resumed(tiny_lm, pairs, ref, tmp_path, capsys,
+                                                                             change):
     checkpoints = tmp_path / "checkpoints"
     before = DPOSettings(batch_size=8, epochs=2, save_steps=3, learning_rate=1e-3)
     stale = checkpoints / f"run-{run_key(tiny_lm, pairs, ref, before, None, None)}"
@@ -148,10 +164,10 @@ def test_checkpoints_of_a_run_with_other_settings_are_not_resumed(tiny_lm, pairs
     trainer.add_callback(StopAfter(3))
     trainer.train()
     assert last_checkpoint(stale).name == "checkpoint-3"
-    # The same run with another learning rate, in the same checkpoint folder (e.g. after a config change).
-    history = train_dpo(tiny_lm, pairs, ref, str(tmp_path / "model"), replace(before, learning_rate=2e-3),
-                        checkpoint_dir=str(checkpoints))
+    # The same stage in the same checkpoint folder after a config change, or after an upstream job changed its data.
+    new_pairs, new_ref, settings = change(pairs, ref, before)
+    history = train_dpo(tiny_lm, new_pairs, new_ref, str(tmp_path / "model"), settings, checkpoint_dir=str(checkpoints))
     assert "resuming" not in capsys.readouterr().out
     steps = [entry for entry in history if "loss" in entry]
-    assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6] and {e["learning_rate"] for e in steps} == {2e-3}
+    assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6] and {e["learning_rate"] for e in steps} == {settings.learning_rate}
     assert not checkpoints.exists()

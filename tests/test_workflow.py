@@ -12,10 +12,17 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# Every path of the README's output contract that the e2e config makes (no influence, no likelihood judge).
 CONTRACT = [
-    "data/train.parquet", "data/val.parquet", "data/dev.parquet", "data/quarantine.jsonl", "data/report.json",
-    "scores/scores.parquet", "eval/results.json", "eval/results.md", "eval/deciles.md", "eval/dev/choice.json",
-    "eval/tournament.json", "eval/tournament.md", "eval/tournament.png",
+    "data/train.parquet", "data/val.parquet", "data/test.parquet", "data/dev.parquet", "data/quarantine.jsonl",
+    "data/report.json", *(f"logps/ref/{split}/{i}-of-2.parquet" for split in ("train", "val", "dev") for i in (0, 1)),
+    "scores/shards/0-of-2.parquet", "scores/shards/1-of-2.parquet", "scores/scores.parquet",
+    "scores/external/rated.parquet", "eval/results.json", "eval/results.md", "eval/deciles.json", "eval/deciles.md",
+    "eval/dev/choice.json", "eval/tournament.json", "eval/tournament.md", "eval/tournament.png",
+    *(f"eval/plots/{name}" for name in ("scores.png", "training.png", "results.png", "results.html", "data.html")),
+    "benchmarks/aux.tsv", "benchmarks/score/0-of-2.tsv", "benchmarks/score/1-of-2.tsv",
+    *(f"demo/{name}" for name in ("snippets.parquet", "train.jsonl", "val.jsonl", "dev.jsonl", "eval_prompts.jsonl",
+                                  "pairs_stats.json")),
 ]
 SCORE_COLUMNS = [
     "id", "ref_chosen_logp", "ref_rejected_logp", "chosen_logp", "rejected_logp", "aux_chosen_logp",
@@ -60,15 +67,32 @@ def test_every_output_of_the_contract_exists(workdir):
     out = workdir / "results"
     for path in CONTRACT:
         assert (out / path).is_file(), path
+    assert (out / "demo/tokenizer/tokenizer.json").is_file()
     for model in ["sft", "warmup", "aux"] + [f"final-{s}" for s in SELECTORS]:
         assert (out / "models" / model / "model.safetensors").is_file(), model
+        if model != "sft":  # every DPO folder holds TRL's log
+            assert json.loads((out / "models" / model / "training_log.json").read_text()), model
+    for model in ["sft"] + [f"final-{s}" for s in SELECTORS]:
+        assert (out / "eval/samples" / f"{model}.parquet").is_file(), model
+    for selector in CANDIDATES:
+        assert (out / "eval/dev/logps" / f"final-{selector}.parquet").is_file(), selector
+    assert not (out / "checkpoints").exists()  # removed once every model is complete
+    assert not [p for p in out.rglob(".*") if p.name != ".snakemake_timestamp"]  # no temporary left behind
+    logs = {p.relative_to(out / "logs").as_posix() for p in (out / "logs").rglob("*.log")}
+    assert {"prepare.log", "warmup.log", "aux.log", "tournament.log", "evaluate.log"} <= logs
+    assert {f"final-{s}.log" for s in SELECTORS if s != "auto"} <= logs and "adopt_winner.log" in logs
     scores = pd.read_parquet(out / "scores/scores.parquet")
     assert list(scores.columns) == SCORE_COLUMNS
     train = pd.read_parquet(out / "data/train.parquet")
     assert sorted(scores["id"]) == sorted(train["id"])
+    assert len(pd.read_parquet(out / "data/test.parquet")) == 0  # data.test_fraction is 0
     for selector in SELECTORS:
         selection = pd.read_parquet(out / "selection" / f"{selector}.parquet")
         assert list(selection.columns) == ["id", "selected"] and len(selection) == len(train)
+    for split in ("train", "val", "dev"):
+        ref = pd.concat([pd.read_parquet(out / f"logps/ref/{split}/{i}-of-2.parquet") for i in (0, 1)])
+        assert list(ref.columns) == ["id", "chosen_logp", "rejected_logp"], split
+        assert sorted(ref["id"]) == sorted(pd.read_parquet(out / f"data/{split}.parquet")["id"]), split
 
 
 def test_results_report_every_selector(workdir):
@@ -185,5 +209,5 @@ def test_rerun_after_a_lost_score_shard_recomputes_only_that_shard_and_its_depen
         "tournament_report": 1,
     }
     snakemake(workdir)
-    pd.testing.assert_frame_equal(before, pd.read_parquet(out / "scores/scores.parquet"))
+    pd.testing.assert_frame_equal(before, pd.read_parquet(out / "scores/scores.parquet"), check_exact=True)
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout

@@ -227,7 +227,9 @@ def cmd_sample(a):
     from .io import write_parquet
 
     prompts = read_prompts(a.prompts)
-    write_parquet(sample_continuations(a.model, prompts, a.samples, a.max_new_tokens, a.seed), a.out)
+    continuations = sample_continuations(a.model, prompts, a.samples, a.max_new_tokens, a.seed,
+                                         trust_remote_code=a.trust_remote_code)
+    write_parquet(continuations, a.out)
 
 
 def cmd_evaluate(a):
@@ -601,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--samples", type=int, default=4)
     s.add_argument("--max-new-tokens", type=int, default=20)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--trust-remote-code", action="store_true")
     s.add_argument("--out", required=True)
 
     s = step("evaluate", cmd_evaluate, "win rates of the final models against the opponent")

@@ -8,9 +8,10 @@ import torch
 from . import models
 
 
-def load_model(model_dir: str):
-    """Model (in its saved dtype, from safetensors only) and tokenizer from a folder or hub id."""
-    return models.load_model(model_dir, dtype="auto").to(models.device()).eval(), models.load_tokenizer(model_dir)
+def load_for_sampling(model_dir: str, trust_remote_code: bool = False):
+    """Model (in its saved dtype, from safetensors only, on the device) and tokenizer from a folder or hub id."""
+    model = models.load_model(model_dir, trust_remote_code, dtype="auto").to(models.device()).eval()
+    return model, models.load_tokenizer(model_dir, trust_remote_code)
 
 
 def eos_ids(model, tokenizer) -> set[int]:
@@ -24,12 +25,13 @@ def cut_at_eos(ids: list[int], eos: set[int]) -> list[int]:
 
 
 def sample_continuations(model_dir: str, prompts: list[str], samples: int, max_new_tokens: int, seed: int,
-                         batch_size: int = 256, temperature: float = 1.0) -> pd.DataFrame:
+                         batch_size: int = 256, temperature: float = 1.0,
+                         trust_remote_code: bool = False) -> pd.DataFrame:
     """`samples` sampled continuations per prompt; prompt + continuation is the full decoded text.
 
     The same seed, prompts and batch_size give the same samples on the same device.
     """
-    model, tokenizer = load_model(model_dir)
+    model, tokenizer = load_for_sampling(model_dir, trust_remote_code)
     tokenizer.padding_side = "left"  # generated tokens must follow the prompt directly
     eos = eos_ids(model, tokenizer)
     jobs = [(p, s) for p in range(len(prompts)) for s in range(samples)]

@@ -1,6 +1,6 @@
 """Influence of a training pair on the validation loss: IF(d) = ⟨∇_θ ℓ(θ;d), ḡ_val⟩ at the warm-up model θ.
 
-ḡ_val is the mean gradient of the same loss over the validation pairs (DESIGN.md §1); LossDiff and IRM are the
+ḡ_val is the mean gradient of the same loss over the validation pairs; LossDiff and IRM are the
 forward-only stand-ins for IF. Pairs go through TRL's own tokenization and collation and the loss is TRL's, with the
 precomputed reference log-probs, so ℓ is exactly the training loss. Per-pair gradients are batched with torch.func:
 vmap over pairs of the gradient of one pair's loss, taken on its two sequences (chosen, rejected). They are

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,11 +17,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+# The random part of the names that tempfile.mkstemp and mkdtemp give.
+TEMPORARY_SUFFIX = re.compile(r"[a-z0-9_]{8}")
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary siblings that earlier writes of `path` left: a job killed inside its write (SIGKILL runs
+    no `finally`) leaves one, and the job's rerun is the first to know that it is stale."""
+    prefix = f".{path.name}."
+    for stale in path.parent.glob(glob.escape(prefix) + "*"):
+        if TEMPORARY_SUFFIX.fullmatch(stale.name[len(prefix):]):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         tmp.chmod(0o755)  # mkdtemp makes folders private; outputs are meant to be shared

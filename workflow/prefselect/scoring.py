@@ -1,4 +1,4 @@
-"""Per-pair scores of the method: implicit reward margins (IRM), DPO losses and LossDiff (DESIGN.md §1)."""
+"""Per-pair scores of the method: implicit reward margins (IRM), DPO losses and LossDiff."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DPO training with TRL's DPOTrainer on reference log-probs that prefselect computed once (DESIGN.md §5)."""
+"""DPO training with TRL's DPOTrainer on reference log-probs that prefselect computed once."""
 
 from __future__ import annotations
 

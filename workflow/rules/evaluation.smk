@@ -33,7 +33,10 @@ rule sample:
         "../../envs/prefselect.yaml"
     params:
         model=input_or("model", SFT),
-        options=f"--samples {EVAL['samples']} --max-new-tokens {EVAL['max_new_tokens']} --seed {config['seed']}",
+        options=(
+            f"--samples {EVAL['samples']} --max-new-tokens {EVAL['max_new_tokens']} --seed {config['seed']} "
+            f"{remote_code()}"
+        ).strip(),
     shell:
         "python -m prefselect --threads {threads} sample --model {params.model} --prompts {input.prompts} "
         "{params.options} --out {output} > {log} 2>&1"
