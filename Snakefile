@@ -39,6 +39,10 @@ if AUTO:
     include: "workflow/rules/tournament.smk"
 
 
+localrules:
+    all,
+
+
 rule all:
     default_target: True
     input:

@@ -92,6 +92,7 @@ def test_full_opponent_needs_the_full_selector():
     config = with_change("evaluation.opponent", "full")
     assert validate(config)["evaluation"]["opponent"] == "full"
     del config["selectors"]["full"]
+    config["selectors"]["auto"]["candidates"].remove("full")
     with pytest.raises(ConfigError, match="evaluation.opponent"):
         validate(config)
 

@@ -102,7 +102,7 @@ def test_example_plans_every_job_as_configured(example, plan):
     splits = Counter(re.search(r" --data \S*/(\w+)\.parquet ", job["shell"]).group(1)
                      for job in jobs if job["rule"] == "ref_logps")
     assert {"train", "val"} <= splits.keys() and set(splits.values()) == {scoring["shards"]}, splits
-    assert counts["select"] == counts["final"] == n and counts["evaluate"] == 1
+    assert counts["select"] + counts["select_matched"] == counts["final"] == n and counts["evaluate"] == 1
     for job in jobs:
         if job["rule"] in SCORING_RULES:
             assert job["resources"]["gpu"] == str(scoring["gpus"]), job
@@ -133,3 +133,45 @@ def test_gpu_example_reads_hub_model_and_ultrafeedback_splits(name, plan):
         assert argument in prepare["shell"], argument
     assert all(f"--model {model} " in job["shell"] for job in jobs if job["rule"] == "ref_logps")
     assert f"--model {model} " in next(job["shell"] for job in jobs if job["rule"] == "warmup")
+
+
+# Every rule that loads a model, by the config section its resources come from.
+MODEL_RULES = {"ref_logps": "scoring", "score": "scoring", "reward_margin": "scoring", "heldout_logps": "scoring",
+               "val_grad": "scoring", "influence": "scoring", "warmup": "training", "aux": "training",
+               "final": "training", "group_train": "training", "sample": "evaluation"}
+
+
+@pytest.mark.parametrize("name", ["llama31_8b_ultrafeedback", "qwen3_8b_ultrafeedback"])
+def test_on_slurm_every_model_job_of_a_gpu_example_gets_gpus_memory_cpus_and_the_gpu_partition(name, tmp_path):
+    """A dry run through profiles/slurm, rule by rule: a job that loads a model asks for its section's GPUs,
+    memory and wall time, `threads` CPUs per GPU, and PREFSELECT_GPU_PARTITION; every other job, none of them."""
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="no SLURM executor plugin: pip install '.[slurm]'")
+    example = REPO / "config" / "examples" / f"{name}.yaml"
+    config = load(str(example))
+    (tmp_path / "config").mkdir()
+    shutil.copyfile(REPO / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
+    command = [sys.executable, "-c", OFFLINE_SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory",
+               str(tmp_path), "--configfile", str(example), "--profile", str(REPO / "profiles" / "slurm"),
+               "--dry-run", "--printshellcmds"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PREFSELECT_GPU_PARTITION": "gpu-a100"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = planned_jobs(result.stdout)
+    judge_model = config["evaluation"]["judge"]["kind"] == "reward_model"
+    seen = set()
+    for job in jobs:
+        section = MODEL_RULES.get(job["rule"]) or ("evaluation" if job["rule"] == "evaluate" and judge_model else None)
+        resources = job["resources"]
+        if section is None:
+            assert int(resources.get("gpu", 0)) == 0 and "slurm_partition" not in resources, job
+            continue
+        seen.add(job["rule"])
+        settings = config[section]
+        assert int(resources["gpu"]) == settings["gpus"] >= 1, job
+        assert int(resources["mem_mb"]) == settings["mem_mb"] and int(resources["runtime"]) == settings["runtime"], job
+        assert int(resources["cpus_per_gpu"]) == settings["threads"] > 1, job
+        assert resources["slurm_partition"] == "gpu-a100", job
+        assert f" --gpus {settings['gpus']} " in job["shell"], job
+    assert {"ref_logps", "score", "warmup", "aux", "final", "sample"} <= seen
+    assert ("evaluate" in seen) == judge_model and ("reward_margin" in seen) == any(
+        spec["kind"] == "external" and "reward_model" in spec for spec in config["selectors"].values())

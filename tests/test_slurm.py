@@ -127,6 +127,20 @@ def test_retries_give_the_scoring_jobs_more_memory_and_the_run_completes(workdir
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout
 
 
+def test_model_jobs_asked_for_their_gpus_and_memory_and_downloads_ran_where_snakemake_runs(workdir):
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    sample_logs = list((workdir / ".snakemake/slurm_logs/rule_sample").rglob("*.log"))
+    assert len(sample_logs) >= 3  # the SFT model's and each final model's samples, each its own sbatch job
+    for log in sample_logs:
+        text = log.read_text()
+        assert "gpu=1," in text and f"mem_mb={config['evaluation']['mem_mb']}," in text, text[-2000:]
+    # The download of the snippets and the seconds-long steps ran on this machine, not as sbatch jobs.
+    assert (workdir / "results/demo/snippets.parquet").is_file()
+    jobs = {path.name for path in (workdir / ".snakemake/slurm_logs").iterdir()}
+    assert "rule_sample" in jobs and "rule_warmup" in jobs
+    assert not jobs & {"rule_demo_snippets", "rule_prepare", "rule_select", "rule_merge_scores", "rule_evaluate"}
+
+
 def test_in_ci_a_cluster_that_is_not_up_fails_the_run_with_its_reason(monkeypatch):
     monkeypatch.setenv("PATH", "")  # no sinfo: the state of a machine where SLURM could not be installed
     monkeypatch.setenv("CI", "true")

@@ -1,4 +1,5 @@
 import json
+import os
 import shlex
 from pathlib import Path
 
@@ -19,6 +20,8 @@ GRID_ONLY = (
     if AUTO_SPEC.get("grid")
     else set()
 )
+# Selectors that keep as many pairs as another selector keeps (`like`).
+MATCHED = [s for s, spec in config["selectors"].items() if "like" in spec]
 # Selectors with a final model of their own, evaluated by the judge (screened grid candidates have none).
 FINALS = [s for s in SELECTORS if not (SCREEN_EPOCHS and s in GRID_ONLY)]
 # Selectors whose final model a DPO run trains; in full mode the auto selector adopts its winner's.
@@ -96,17 +99,28 @@ def checkpoint_dir(stage):
     return lambda wildcards: f"{OUT}/checkpoints/{stage.format(**wildcards)}"
 
 
-def job_resources(section):
-    """GPUs, memory and wall time (minutes) of a job, from config section `scoring` or `training`.
+# The SLURM partition of every job that asks for GPUs (profiles/slurm), if the cluster has one of its own.
+GPU_PARTITION = os.environ.get("PREFSELECT_GPU_PARTITION")
 
-    Memory grows with each attempt, so a job that ran out of it asks for more when the profile retries it.
+
+def job_resources(section):
+    """GPUs, memory and wall time (minutes) of a job, from config section `scoring`, `training` or `evaluation`.
+
+    Memory grows with each attempt, so a job that ran out of it asks for more when the profile retries it. A job
+    with GPUs gets `threads` CPUs per GPU (one process per GPU, each with its threads and data loading) and, where
+    PREFSELECT_GPU_PARTITION is set, that partition.
     """
     settings = config[section]
-    return dict(
+    resources = dict(
         gpu=settings["gpus"],
         mem_mb=lambda wildcards, attempt: settings["mem_mb"] * attempt,
         runtime=settings["runtime"],
     )
+    if settings["gpus"]:
+        resources["cpus_per_gpu"] = settings["threads"]
+        if GPU_PARTITION:
+            resources["slurm_partition"] = GPU_PARTITION
+    return resources
 
 
 def selector_spec(name):

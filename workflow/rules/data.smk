@@ -1,6 +1,11 @@
 DATA = config["data"]
 
 
+# A hub dataset or tokenizer is a download: where Snakemake runs, which has the internet.
+localrules:
+    prepare,
+
+
 rule prepare:
     input:
         sft=local_model(SFT),

@@ -2,6 +2,11 @@
 DEMO = config["demo"]
 
 
+# A download: where Snakemake runs, which has the internet that a cluster's compute nodes often lack.
+localrules:
+    demo_snippets,
+
+
 rule demo_snippets:
     output:
         f"{OUT}/demo/snippets.parquet",

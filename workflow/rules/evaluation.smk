@@ -4,6 +4,8 @@ EVAL = config["evaluation"]
 EVAL_PROMPTS = EVAL["prompts"] or f"{OUT}/data/val.parquet"
 OPPONENT_SAMPLES = "sft" if EVAL["opponent"] == "sft" else "final-full"
 LIKELIHOOD = EVAL["judge"]["kind"] == "likelihood"
+# Only a reward-model judge loads a model in `evaluate` (VADER is a lexicon, an LLM judge is an HTTP service).
+JUDGE_MODEL = EVAL["judge"]["kind"] == "reward_model"
 # Held-out log-probs by folder under eval/: of the test pairs (likelihood judge) and of the dev pairs (tournament).
 HELDOUT = {"logps": "test", "dev/logps": "dev"}
 # What `evaluate` reads of each model; the SFT model's log-probs of the test pairs are the reference ones.
@@ -13,6 +15,19 @@ OPPONENT = (
     if LIKELIHOOD and OPPONENT_SAMPLES == "sft"
     else PER_MODEL.format(model=OPPONENT_SAMPLES)
 )
+
+
+# Seconds, without a model: where Snakemake runs, not in a cluster's queue (evaluate too, unless its judge is a
+# reward model on a GPU).
+localrules:
+    diagnose,
+    plots,
+
+
+if not JUDGE_MODEL:
+
+    localrules:
+        evaluate,
 
 
 rule sample:
@@ -31,6 +46,9 @@ rule sample:
         model="sft|final-(" + "|".join(FINALS) + ")",
     conda:
         "../../envs/prefselect.yaml"
+    threads: EVAL["threads"]
+    resources:
+        **job_resources("evaluation"),
     params:
         model=input_or("model", SFT),
         options=(
@@ -38,8 +56,8 @@ rule sample:
             f"{remote_code()}"
         ).strip(),
     shell:
-        "python -m prefselect --threads {threads} sample --model {params.model} --prompts {input.prompts} "
-        "{params.options} --out {output} > {log} 2>&1"
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} sample --model {params.model} "
+        "--prompts {input.prompts} {params.options} --out {output} > {log} 2>&1"
 
 
 rule heldout_logps:
@@ -81,6 +99,9 @@ rule evaluate:
         f"{OUT}/logs/evaluate.log",
     conda:
         "../../envs/prefselect.yaml"
+    threads: EVAL["threads"] if JUDGE_MODEL else 1
+    resources:
+        **(job_resources("evaluation") if JUDGE_MODEL else {}),
     params:
         names=FINALS,
         judge=shlex.quote(json.dumps(EVAL["judge"])),
@@ -88,8 +109,9 @@ rule evaluate:
         prompts=lambda wildcards, input: (
             f"--prompts {input.prompts}" if input.prompts else ""
         ),
+        gpus=EVAL["gpus"] if JUDGE_MODEL else 0,
     shell:
-        "python -m prefselect evaluate --names {params.names} --selections {input.selections} --samples {input.samples} "
+        "python -m prefselect --threads {threads} --gpus {params.gpus} evaluate --names {params.names} --selections {input.selections} --samples {input.samples} "
         "--opponent {input.opponent} --opponent-name {params.opponent} {params.prompts} --data {input.data} "
         "--judge {params.judge} --out-json {output.json} --out-md {output.md} > {log} 2>&1"
 

@@ -42,6 +42,14 @@ INFLUENCE_TARGETS = (
 )
 
 
+localrules:
+    merge_influence,  # seconds, on tables already computed
+    join_influence,
+    agreement,
+    influence_groups,
+    group_study,
+
+
 rule val_grad:
     input:
         warmup=rules.warmup.output,

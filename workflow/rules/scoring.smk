@@ -1,6 +1,10 @@
 # Score every training pair, one job per shard, then merge.
 
 
+localrules:
+    merge_scores,  # seconds: not worth a place in a cluster's queue
+
+
 rule score:
     input:
         warmup=rules.warmup.output,
@@ -42,6 +46,17 @@ rule merge_scores:
         "python -m prefselect merge-scores --shards {input.shards} --data {input.data} --out {output} > {log} 2>&1"
 
 
+# An external score from a data column takes seconds and no model; a reward model's margin is a GPU job.
+EXTERNAL = {
+    s: spec for s, spec in config["selectors"].items() if spec["kind"] == "external"
+}
+BY_REWARD_MODEL = [s for s, spec in EXTERNAL.items() if "reward_model" in spec]
+
+
+localrules:
+    external_score,
+
+
 rule external_score:
     input:
         data=f"{OUT}/data/train.parquet",
@@ -51,14 +66,21 @@ rule external_score:
     log:
         f"{OUT}/logs/external_score/{{selector}}.log",
     wildcard_constraints:
-        selector="|".join(SELECTORS),
+        selector="|".join(s for s in EXTERNAL if s not in BY_REWARD_MODEL) or "^$",
     conda:
         "../../envs/prefselect.yaml"
-    threads: config["scoring"]["threads"]
     resources:
-        **job_resources("scoring"),
+        gpu=0,
     params:
         spec=lambda wildcards: selector_spec(wildcards.selector),
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} external-score --spec {params.spec} "
         "--data {input.data} --out {output} > {log} 2>&1"
+
+
+use rule external_score as reward_margin with:
+    wildcard_constraints:
+        selector="|".join(BY_REWARD_MODEL) or "^$",
+    threads: config["scoring"]["threads"]
+    resources:
+        **job_resources("scoring"),

@@ -1,3 +1,9 @@
+# Jobs that take seconds run where Snakemake runs (on a cluster, the login node) rather than wait in the queue.
+localrules:
+    select,
+    select_matched,
+
+
 rule select:
     input:
         scores=selector_scores,
@@ -8,7 +14,7 @@ rule select:
     log:
         f"{OUT}/logs/select/{{selector}}.log",
     wildcard_constraints:
-        selector="|".join(s for s in SELECTORS if s != AUTO),
+        selector="|".join(s for s in SELECTORS if s != AUTO and s not in MATCHED),
     conda:
         "../../envs/prefselect.yaml"
     params:
@@ -18,3 +24,10 @@ rule select:
     shell:
         "python -m prefselect select --name {wildcards.selector} --spec {params.spec} --scores {input.scores} "
         "--data {input.data} {params.like} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+# A selection with a `like` waits for another selection: a rule of its own, so that no rule depends on itself (and
+# `snakemake --until select` stops at the selections without one).
+use rule select as select_matched with:
+    wildcard_constraints:
+        selector="|".join(MATCHED) or "^$",

@@ -9,6 +9,9 @@ if GGUF:
     # models/sft is the demo's SFT model elsewhere; config.py refuses model.gguf with the demo.
     ruleorder: gguf_model > demo_sft
 
+    localrules:
+        gguf_model,  # a download
+
     rule gguf_model:
         input:
             [GGUF["local_copy"]] if GGUF["local_copy"] else [],
@@ -25,6 +28,9 @@ if GGUF:
 
 
 if PACKAGE:
+
+    localrules:
+        fetch_data,  # a download
 
     rule fetch_data:
         input:

@@ -2,6 +2,11 @@
 CANDIDATE_MODELS = [f"{TOURNAMENT_STAGE}-{c}" for c in CANDIDATES]
 
 
+localrules:
+    tournament,  # seconds, on log-probs already computed
+    tournament_report,
+
+
 rule tournament:
     input:
         logps=expand(f"{OUT}/eval/dev/logps/{{model}}.parquet", model=CANDIDATE_MODELS),
@@ -27,6 +32,9 @@ rule tournament:
 
 
 if not SCREEN_EPOCHS:
+
+    localrules:
+        adopt_winner,  # hard links
 
     rule adopt_winner:
         """Without screening, the winner's final model is final-{AUTO}, linked rather than trained again."""
