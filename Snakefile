@@ -2,11 +2,18 @@
 
 import sys
 
+from snakemake.utils import min_version
+
+min_version("9.0")
+
 # Rules call `python -m prefselect`; the package lives in workflow/, so a rule's environment only needs its
-# dependencies (envs/prefselect.yaml), not an install of prefselect itself.
+# dependencies (envs/prefselect.yaml), not an install of prefselect itself. The prefix keeps Snakemake's own
+# (bash strict mode), which setting one replaces.
 PACKAGE_ROOT = f"{workflow.basedir}/workflow"
 sys.path.insert(0, PACKAGE_ROOT)
-shell.prefix(f"export PYTHONPATH={PACKAGE_ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+shell.prefix(
+    f"set -euo pipefail; export PYTHONPATH={PACKAGE_ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+)
 
 from prefselect.config import validate as validate_config
 
