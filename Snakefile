@@ -1,5 +1,6 @@
 """prefselect: find the preference pairs worth training on for one model, and train it on them."""
 
+import os
 import sys
 
 from snakemake.utils import min_version
@@ -48,6 +49,12 @@ if AUTO:
 
 localrules:
     all,
+
+
+onsuccess:
+    # Each DPO run removes its own checkpoints/{stage}/ once its model is complete; the folder of them goes last.
+    if os.path.isdir(f"{OUT}/checkpoints") and not os.listdir(f"{OUT}/checkpoints"):
+        os.rmdir(f"{OUT}/checkpoints")
 
 
 rule all:

@@ -12,7 +12,9 @@ from jsonschema import Draft202012Validator, validators
 
 from .tournament import candidate_names, grid_selectors
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+# Inside the package, so that an installed prefselect (not only a checkout) validates configs;
+# workflow/schemas/config.schema.yaml, where Snakemake workflows keep their schema, links to it.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 
 class ConfigError(ValueError):

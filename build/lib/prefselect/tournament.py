@@ -1,0 +1,241 @@
+"""Choosing the selection rule per model from held-out evidence: the `auto` selector's tournament.
+
+Every candidate selector trains its own final model. Each final model is then judged on the dev pairs, clean
+pairs that no stage trains on, scores or selects on, by forward passes only: the implicit reward margin against
+the SFT reference, h = (log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x)), gives the
+preference accuracy (share of pairs with h > 0, ties half) and the DPO loss ℓ(βh) of `method.loss_type`. The
+candidate with the lowest dev loss (or the highest dev accuracy) wins. Nothing of the training pairs' labels,
+the demo's ground truth or the test pairs enters the choice.
+
+A grid expands to band rules: shapes × score columns × kept fractions. `top` keeps the highest scores (a lower
+cut), `bottom` the lowest (an upper cut; the small-margin rule is `bottom` on `irm`), `middle` a central band
+(the paper's shape); a column `a+b` puts the same band on both (LossDiff-IRM is `middle` on `lossdiff+irm`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+
+from .io import atomic_path
+from .scoring import implicit_reward_margin, pair_loss
+
+CRITERIA = {"dev_margin": ("margin", max), "dev_accuracy": ("accuracy", max), "dev_loss": ("loss", min)}
+# The band each shape starts from; the kept fraction then scales its cuts (selection.fit_bands).
+SHAPES = {"top": [50, 100], "bottom": [0, 50], "middle": [10, 90]}
+Z95 = 1.96
+LOGP_PAIRS = ("chosen_logp", "rejected_logp", "chosen_logp_ref", "rejected_logp_ref")
+
+
+def grid_selectors(grid: dict) -> dict[str, dict]:
+    """The band selectors of a grid {shapes, columns, fractions}, named `{columns}_{shape}{percent}`."""
+    selectors = {}
+    for columns in grid["columns"]:
+        for shape in grid["shapes"]:
+            for fraction in grid["fractions"]:
+                name = f"{columns.replace('+', '_')}_{shape}{round(100 * fraction)}"
+                bands = {column: list(SHAPES[shape]) for column in columns.split("+")}
+                selectors[name] = {"kind": "bands", "bands": bands, "fraction": fraction}
+    return selectors
+
+
+def candidate_names(spec: dict) -> list[str]:
+    """The candidates of an `auto` selector: those it lists, then its grid's, without repeats."""
+    grid = list(grid_selectors(spec["grid"])) if spec.get("grid") else []
+    return list(dict.fromkeys([*spec.get("candidates", []), *grid]))
+
+
+def dev_margins(logps: pd.DataFrame, ref: pd.DataFrame) -> pd.Series:
+    """h per dev pair (nats, without β), by id; both frames hold `id`, `chosen_logp`, `rejected_logp`."""
+    paired = logps.merge(ref, on="id", suffixes=("", "_ref"), validate="1:1")
+    if not len(paired) == len(logps) == len(ref):
+        raise ValueError("the candidate and the reference were not scored on the same dev pairs")
+    margin = implicit_reward_margin(*(paired[c].to_numpy(dtype=float) for c in LOGP_PAIRS), beta=1.0)
+    return pd.Series(margin, index=paired["id"]).sort_index()
+
+
+def _interval(values: np.ndarray) -> tuple[float, float, float]:
+    mean = float(values.mean())
+    half = Z95 * float(values.std(ddof=1)) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return mean, mean - half, mean + half
+
+
+def per_pair(margins: pd.Series, beta: float, loss_type: str) -> pd.DataFrame:
+    """Each dev pair's implicit reward margin β·h, outcome (1 right, 0.5 tie, 0 wrong) and DPO loss under one
+    candidate."""
+    h = margins.to_numpy()
+    return pd.DataFrame({"margin": beta * h, "accuracy": np.sign(h) * 0.5 + 0.5, "loss": pair_loss(beta * h, loss_type)},
+                        index=margins.index)
+
+
+def dev_criteria(margins: dict[str, pd.Series], beta: float, loss_type: str) -> dict[str, dict]:
+    """Per candidate: dev margin, accuracy and loss, each with a 95% interval (normal approximation over pairs)."""
+    results = {}
+    for name, h in margins.items():
+        outcome = per_pair(h, beta, loss_type)
+        row = {"n": len(outcome)}
+        for key, _ in CRITERIA.values():
+            row[key], row[f"{key}_low"], row[f"{key}_high"] = _interval(outcome[key].to_numpy())
+        results[name] = row
+    return results
+
+
+def choose(criteria: dict[str, dict], kept_fraction: dict[str, float], criterion: str) -> str:
+    """The best candidate by `criterion`. Ties go to the candidate that keeps more pairs, then to the earlier one
+    in configuration order: where the dev pairs cannot tell two rules apart, throwing data away has not paid."""
+    key, best = CRITERIA[criterion]
+    sign = 1 if best is max else -1
+    order = {name: i for i, name in enumerate(criteria)}
+    return max(criteria, key=lambda name: (sign * criteria[name][key], kept_fraction[name], -order[name]))
+
+
+def paired_gaps(margins: dict[str, pd.Series], chosen: str, beta: float, loss_type: str, criterion: str) -> dict:
+    """Per candidate: its criterion minus the chosen one's, averaged over the same dev pairs, with a 95% interval.
+
+    Paired, because every candidate is judged on the same pairs: this says whether the choice is distinguishable
+    from a runner-up, which the unpaired intervals of each candidate overstate."""
+    key = CRITERIA[criterion][0]
+    reference = per_pair(margins[chosen], beta, loss_type)[key]
+    gaps = {}
+    for name, h in margins.items():
+        mean, low, high = _interval((per_pair(h, beta, loss_type)[key] - reference).to_numpy())
+        gaps[name] = {"gap": mean, "gap_low": low, "gap_high": high}
+    return gaps
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Rank correlation of two equally long lists (average ranks for ties); None below 3 values or without spread."""
+    if len(x) < 3:
+        return None
+    rho = pd.Series(x).rank().corr(pd.Series(y).rank())
+    return None if pd.isna(rho) else float(rho)
+
+
+def run(names: list[str], logps: list[str], ref: list[str], selections: list[str], beta: float, loss_type: str,
+        criterion: str) -> tuple[dict, str]:
+    """The tournament from its files: the choice (every candidate's dev criteria, kept fraction and paired gap to
+    the chosen one) and the path of the chosen candidate's selection."""
+    reference = pd.concat([pd.read_parquet(path) for path in ref], ignore_index=True)
+    margins = {name: dev_margins(pd.read_parquet(path), reference) for name, path in zip(names, logps, strict=True)}
+    kept = {name: float(pd.read_parquet(path)["selected"].mean()) for name, path in zip(names, selections, strict=True)}
+    criteria = dev_criteria(margins, beta, loss_type)
+    chosen = choose(criteria, kept, criterion)
+    gaps = paired_gaps(margins, chosen, beta, loss_type, criterion)
+    candidates = {name: {"kept_fraction": kept[name], **criteria[name], **gaps[name]} for name in names}
+    choice = {"chosen": chosen, "criterion": criterion, "beta": beta, "loss_type": loss_type, "candidates": candidates}
+    return choice, dict(zip(names, selections))[chosen]
+
+
+def describe(spec: dict) -> str:
+    """A selector's rule in a few words, for the tournament report."""
+    kind = spec["kind"]
+    target = (f", {100 * spec['fraction']:.0f}% kept" if "fraction" in spec
+              else f", as many as {spec['like']}" if "like" in spec else "")
+    if kind == "bands":
+        return " ∩ ".join(f"{column} [{lo:g}, {hi:g}]" for column, (lo, hi) in spec["bands"].items()) + target
+    if kind == "external":
+        score = spec.get("column", "reward model margin") + (f" − {spec['minus']}" if "minus" in spec else "")
+        return f"top by {score}{target}"
+    return {"full": "all pairs", "random": "random"}.get(kind, kind) + target
+
+
+def report(choice: dict, results: dict, specs: dict, stage: str) -> dict:
+    """The page a user reads to decide: per candidate its rule, kept fraction, dev criteria, and the judge's win
+    rate where that candidate's final model was evaluated; for each criterion, what it would choose, its rank
+    correlation with the judge across those candidates and the regret of its choice (best win rate minus the
+    chosen one's); the configured criterion's choice is the one made."""
+    judged = results["selectors"]
+    rows = {}
+    for name, row in choice["candidates"].items():
+        rows[name] = {"rule": describe(specs[name]), **row}
+        if stage == "final" and name in judged:
+            rows[name]["win_rate"] = judged[name]["win_rate"]
+            for extra in ("ci_low", "ci_high", "flipped_share_kept"):
+                if extra in judged[name]:
+                    rows[name][extra] = judged[name][extra]
+    with_judge = [name for name in rows if "win_rate" in rows[name]]
+    rates = [rows[name]["win_rate"] for name in with_judge]
+    kept = {name: row["kept_fraction"] for name, row in rows.items()}
+    by_criterion = {}
+    for criterion, (key, best) in CRITERIA.items():
+        chosen = choose(rows, kept, criterion)
+        oriented = [(1 if best is max else -1) * rows[name][key] for name in with_judge]
+        by_criterion[criterion] = {
+            "chosen": chosen, "spearman": spearman(oriented, rates),
+            "regret": max(rates) - rows[chosen]["win_rate"] if chosen in with_judge else None,
+        }
+    made = by_criterion[choice["criterion"]]
+    assert made["chosen"] == choice["chosen"], "the tournament and its report disagree on the choice"
+    return {"chosen": choice["chosen"], "criterion": choice["criterion"], "stage": stage,
+            "opponent": results["opponent"], "spearman_criterion_vs_judge": made["spearman"],
+            "best_in_hindsight": with_judge[int(np.argmax(rates))] if rates else None, "regret": made["regret"],
+            "by_criterion": by_criterion, "candidates": rows}
+
+
+def _with_interval(row: dict, key: str, sign: str = "") -> str:
+    return f"{row[key]:{sign}.3f} [{row[f'{key}_low']:{sign}.3f}, {row[f'{key}_high']:{sign}.3f}]"
+
+
+def _or_dash(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def report_markdown(rep: dict) -> str:
+    key = CRITERIA[rep["criterion"]][0]
+    has_judge = any("win_rate" in r for r in rep["candidates"].values())
+    has_truth = any("flipped_share_kept" in r for r in rep["candidates"].values())
+    header = ("| candidate | rule | kept | dev margin [95%] | dev accuracy [95%] | dev loss [95%] | gap to chosen [95%] |"
+              + (f" win rate vs {rep['opponent']} |" if has_judge else "") + (" flipped kept |" if has_truth else ""))
+    lines = [
+        f"# Tournament: `{rep['chosen']}` chosen by {rep['criterion']}",
+        "",
+        "Each candidate's model judged on the dev pairs by forward passes: its implicit reward margin β·h against "
+        "the SFT reference, the share of pairs it gets right (h > 0) and its DPO loss. Gap: the candidate's "
+        f"{key} minus the chosen one's on the same pairs, with a paired interval."
+        + (" Candidate models are shortened screening runs; the chosen rule's final model was trained in full."
+           if rep["stage"] == "screen" else ""),
+        "",
+        header,
+        "|" + "---|" * (header.count("|") - 1),
+    ]
+    for name, r in rep["candidates"].items():
+        line = (f"| {f'**{name}**' if name == rep['chosen'] else name} | {r['rule']} | {r['kept_fraction']:.2f} | "
+                f"{_with_interval(r, 'margin')} | {_with_interval(r, 'accuracy')} | {_with_interval(r, 'loss')} | "
+                f"{_with_interval(r, 'gap', '+')} |")
+        if has_judge:
+            line += f" {_or_dash(r.get('win_rate'), '.3f')} |"
+        if has_truth:
+            line += f" {_or_dash(r.get('flipped_share_kept'), '.3f')} |"
+        lines.append(line)
+    if has_judge:
+        lines += ["", f"By the judge, the best candidate in hindsight is `{rep['best_in_hindsight']}`. What each dev "
+                      "criterion would choose, how it ranks the candidates against the judge (Spearman), and the "
+                      "regret of its choice (best win rate minus the chosen one's):", "",
+                  "| criterion | would choose | Spearman vs judge | regret |", "|---|---|---|---|"]
+        for criterion, made in rep["by_criterion"].items():
+            mark = " (configured)" if criterion == rep["criterion"] else ""
+            lines.append(f"| {criterion}{mark} | {made['chosen']} | {_or_dash(made['spearman'], '.2f')} | "
+                         f"{_or_dash(made['regret'], '.3f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def adopt_winner(choice: dict, models: dict[str, str], out: str) -> str:
+    """Make the chosen candidate's final model folder `out` as well: hard links where the file system allows (no
+    second copy of the weights), else a copy. Hidden files are left out: a workflow's time stamp in the folder
+    (Snakemake's `.snakemake_timestamp`) must not be shared, or touching one would touch the other. Returns the
+    chosen candidate's name."""
+    chosen = choice["chosen"]
+    with atomic_path(out, is_dir=True) as tmp:
+        shutil.copytree(models[chosen], tmp, dirs_exist_ok=True, copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns(".*"))
+    return chosen
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
