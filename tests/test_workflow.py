@@ -183,7 +183,8 @@ def test_screening_trains_short_candidate_runs_and_only_the_winner_in_full(tmp_p
 def test_html_report_holds_the_figures(workdir, tmp_path):
     snakemake(workdir, "--report", str(tmp_path / "report.zip"))
     names = [Path(n).name for n in zipfile.ZipFile(tmp_path / "report.zip").namelist()]
-    for figure in ["scores.png", "training.png", "results.png", "results.html", "data.html", "report.html"]:
+    for figure in ["scores.png", "training.png", "results.png", "results.html", "data.html", "tournament.png",
+                   "tournament.md", "report.html"]:
         assert figure in names, figure
 
 
@@ -202,9 +203,11 @@ def test_rerun_after_a_lost_score_shard_recomputes_only_that_shard_and_its_depen
     planned = jobs_of(snakemake(workdir, "-n").stdout)
     n = len(SELECTORS)
     # Not planned: demo, prepare, ref_logps, warmup, aux, the other shard, nor sampling the SFT model again.
-    # The auto selector's selection and model come from its tournament, which reads its candidates' dev log-probs.
+    # The auto selector's selection and model come from its tournament, which reads its candidates' dev log-probs;
+    # random and rated keep as many pairs as lossdiff_irm (select_matched).
     assert planned == {
-        "all": 1, "score": 1, "merge_scores": 1, "select": n - 1, "final": n - 1, "sample": n, "evaluate": 1,
+        "all": 1, "score": 1, "merge_scores": 1, "select": n - 3, "select_matched": 2, "final": n - 1, "sample": n,
+        "evaluate": 1,
         "diagnose": 1, "plots": 1, "heldout_logps": len(CANDIDATES), "tournament": 1, "adopt_winner": 1,
         "tournament_report": 1,
     }
