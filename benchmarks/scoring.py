@@ -364,8 +364,8 @@ def workflow_overhead(demo_results: str | None) -> dict:
 
     shards = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["scoring"]["shards"]
     row = {"dry_run": {**dry, "jobs": jobs.pop("total"), "ref_logps_jobs": jobs.get("ref_logps", 0),
-                       # train and val, one job per shard: the only jobs that compute reference log-probs
-                       "ref_logps_expected": 2 * shards}}
+                       # train, validation and dev pairs, one job per shard: the only jobs that compute them
+                       "ref_logps_expected": 3 * shards}}
     if demo_results is None:
         row["noop_rerun"] = {"skipped": "no completed demo run given (--demo-results DIR)"}
         return row
