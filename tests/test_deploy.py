@@ -3,6 +3,7 @@ as a `module` of another Snakefile in another folder."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,12 @@ rule all:
 
 
 def test_an_installed_package_validates_configs_with_the_schema_it_carries(tmp_path):
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(REPO),
+    source = tmp_path / "source"  # a copy, so that building leaves nothing in the checkout
+    shutil.copytree(REPO / "workflow" / "prefselect", source / "workflow" / "prefselect",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source / name)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source),
                             "-w", str(tmp_path / "wheel")], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = (tmp_path / "wheel").glob("prefselect-*.whl")

@@ -110,3 +110,11 @@ def test_the_workflow_hands_every_model_step_its_flag_and_the_judge_and_reward_m
     assert '"trust_remote_code": true' in judge and '"model": "org/judge"' in judge
     (external,) = steps["external-score"]
     assert '"trust_remote_code": true' in external and '"reward_model": "org/rm"' in external
+    # Only theirs: the policy's flag does not reach the judge or the reward model.
+    assert "--trust-remote-code" not in judge and "--trust-remote-code" not in external
+    config["model"]["trust_remote_code"] = False
+    config["selectors"]["rm"]["trust_remote_code"] = False
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    plan = subprocess.run(command, capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
+    assert "--trust-remote-code" not in plan.stdout and '"trust_remote_code": false' in plan.stdout

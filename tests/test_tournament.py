@@ -55,6 +55,8 @@ def test_a_grid_expands_to_band_rules_that_keep_their_fraction():
      "selectors.a.candidates.1: 'oracle' reads the ground truth"),
     ({"a": {"kind": "auto", "candidates": ["full"]}, "full": {"kind": "full"}},
      "selectors.a: an auto selector needs at least two candidates"),
+    ({"a": {"kind": "auto", "candidates": ["full", "r"]}, "full": {"kind": "full"},
+      "r": {"kind": "random", "like": "a"}}, "selectors.a.candidates.1: 'r' waits for this selector's own choice"),
     ({"a": {"kind": "auto", "candidates": ["full", "x"]}, "b": {"kind": "auto", "candidates": ["full", "x"]},
       "full": {"kind": "full"}, "x": {"kind": "full"}}, "selectors.b: only one selector of kind 'auto'"),
     ({"full": {"kind": "full", "criterion": "dev_loss"}}, "selectors.full.criterion: allowed for kind 'auto' only"),

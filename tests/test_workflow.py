@@ -139,10 +139,11 @@ def test_auto_adopts_the_selection_and_model_of_the_candidate_its_dev_criterion_
 
 
 def test_the_choice_reads_no_ground_truth_and_no_test_pair(workdir):
-    """Scramble the demo's ground truth and the test pairs (their times kept, so nothing upstream reruns) and rerun
-    the tournament: the same choice, to the last digit."""
+    """Scramble the demo's ground truth (`flipped`, `oracle_margin`) and the test pairs, and rerun everything the
+    tournament depends on: warm-up, θ_val, scores, the candidates' selections, final models and dev log-probs, and
+    the choice itself. The same choice, on the same numbers."""
     out = workdir / "results"
-    before = (out / "eval/dev/choice.json").read_text()
+    before = json.loads((out / "eval/dev/choice.json").read_text())
     saved = workdir / "saved"
     saved.mkdir()
     for name in ("train", "test"):
@@ -150,13 +151,16 @@ def test_the_choice_reads_no_ground_truth_and_no_test_pair(workdir):
     train = pd.read_parquet(out / "data/train.parquet")
     train["flipped"] = ~train["flipped"]
     train["oracle_margin"] = -train["oracle_margin"].sample(frac=1, random_state=1).to_numpy()
-    test = pd.read_parquet(saved / "train.parquet").head(5)
-    for frame, name in ((train, "train"), (test, "test")):
-        frame.to_parquet(out / f"data/{name}.parquet")
-        shutil.copystat(saved / f"{name}.parquet", out / f"data/{name}.parquet")
+    train.to_parquet(out / "data/train.parquet")
+    train.head(5).to_parquet(out / "data/test.parquet")
     try:
-        snakemake(workdir, "--forcerun", "tournament", "--until", "tournament")
-        assert (out / "eval/dev/choice.json").read_text() == before
+        rerun = snakemake(workdir, "--until", "tournament")
+        for rule in ("warmup", "aux", "score", "select", "final", "heldout_logps", "tournament"):
+            assert f"rule {rule}:" in rerun.stdout + rerun.stderr, rule  # really recomputed
+        after = json.loads((out / "eval/dev/choice.json").read_text())
+        assert after["chosen"] == before["chosen"]
+        for name, row in before["candidates"].items():
+            assert after["candidates"][name] == pytest.approx(row, rel=1e-9), name
     finally:
         for name in ("train", "test"):
             shutil.copy2(saved / f"{name}.parquet", out / f"data/{name}.parquet")

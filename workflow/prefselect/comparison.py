@@ -79,8 +79,8 @@ def tournament_markdown(summary: dict, n_runs: int) -> list[str]:
     def stat(value, spec):
         return "–" if value is None else f"{value['mean']:{spec}} ± {value['std']:{spec}}"
 
-    lines = [f"Tournament over the runs; best candidate by the judge in each run: "
-             f"{', '.join(summary['best_in_hindsight'])}.", "",
+    best = ", ".join(str(name or "– (not judged)") for name in summary["best_in_hindsight"])
+    lines = [f"Tournament over the runs; best candidate by the judge in each run: {best}.", "",
              "| criterion | chose, per run | regret | Spearman vs judge |", "|---|---|---|---|"]
     for criterion, row in summary["by_criterion"].items():
         mark = " (configured)" if criterion == summary["criterion"] else ""

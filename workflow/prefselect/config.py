@@ -126,11 +126,14 @@ def _check_auto(key: str, spec: dict, selectors: dict) -> None:
         if given:
             raise ConfigError(f"config key {key}.{given[0]}: allowed for kind 'auto' only")
         return
+    name = key.removeprefix("selectors.")
     for position, candidate in enumerate(spec["candidates"]):
         kind = selectors.get(candidate, {}).get("kind")
-        if kind is None or kind in ("auto", "oracle"):
-            allowed = sorted(n for n, s in selectors.items() if s["kind"] not in ("auto", "oracle"))
-            why = "reads the ground truth" if kind == "oracle" else "is no selector to compete"
+        if kind is None or kind in ("auto", "oracle") or selectors[candidate].get("like") == name:
+            allowed = sorted(n for n, s in selectors.items() if s["kind"] not in ("auto", "oracle")
+                             and s.get("like") != name)
+            why = ("reads the ground truth" if kind == "oracle" else
+                   "waits for this selector's own choice (like)" if kind else "is no selector to compete")
             raise ConfigError(f"config key {key}.candidates.{position}: {candidate!r} {why}; allowed values: {allowed}")
     if len(candidate_names(spec)) < 2:
         raise ConfigError(f"config key {key}: an auto selector needs at least two candidates (`candidates`, `grid`)")

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from .io import atomic_path, write_text
+from .tournament import CRITERIA
 
 SCORE_COLUMNS = ("lossdiff", "irm", "aux_irm")
 CURVES = (("loss", "DPO loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy"))
@@ -78,7 +79,7 @@ def results_figure(results: dict, path: str) -> None:
 def tournament_figure(rep: dict, path: str) -> None:
     """Each candidate's dev criterion with its interval; beside it, where the judge ran, criterion vs win rate."""
     table = pd.DataFrame(rep["candidates"]).T
-    key = "loss" if rep["criterion"] == "dev_loss" else "accuracy"
+    key = CRITERIA[rep["criterion"]][0]
     judged = "win_rate" in table and table["win_rate"].notna().any()
     fig, axes = plt.subplots(1, 2 if judged else 1, figsize=(13 if judged else 7, 4), squeeze=False)
     ax = axes[0][0]

@@ -2,10 +2,11 @@
 
 Every candidate selector trains its own final model. Each final model is then judged on the dev pairs, clean
 pairs that no stage trains on, scores or selects on, by forward passes only: the implicit reward margin against
-the SFT reference, h = (log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x)), gives the
-preference accuracy (share of pairs with h > 0, ties half) and the DPO loss ℓ(βh) of `method.loss_type`. The
-candidate with the lowest dev loss (or the highest dev accuracy) wins. Nothing of the training pairs' labels,
-the demo's ground truth or the test pairs enters the choice.
+the SFT reference, h = (log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x)), gives the dev
+margin (mean of β·h: how far the model moved towards the clean preferences), the preference accuracy (share of
+pairs with h > 0, ties half) and the DPO loss ℓ(βh) of `method.loss_type`. The candidate with the highest dev
+margin (the default criterion), the highest accuracy or the lowest loss wins. Nothing of the training pairs'
+labels, the demo's ground truth or the test pairs enters the choice.
 
 A grid expands to band rules: shapes × score columns × kept fractions. `top` keeps the highest scores (a lower
 cut), `bottom` the lowest (an upper cut; the small-margin rule is `bottom` on `irm`), `middle` a central band
@@ -107,11 +108,13 @@ def paired_gaps(margins: dict[str, pd.Series], chosen: str, beta: float, loss_ty
 
 
 def spearman(x: list[float], y: list[float]) -> float | None:
-    """Rank correlation of two equally long lists (average ranks for ties); None below 3 values or without spread."""
+    """Rank correlation of two equally long lists; None below 3 values or without spread."""
+    from .agreement import correlation  # here: agreement draws figures, and config.py imports this module
+
     if len(x) < 3:
         return None
-    rho = pd.Series(x).rank().corr(pd.Series(y).rank())
-    return None if pd.isna(rho) else float(rho)
+    rho = correlation(pd.Series(x), pd.Series(y))["spearman"]
+    return None if np.isnan(rho) else rho
 
 
 def run(names: list[str], logps: list[str], ref: list[str], selections: list[str], beta: float, loss_type: str,

@@ -9,7 +9,7 @@ from prefselect.tournament import candidate_names, grid_selectors
 OUT = config["outdir"]
 SELECTORS = list(config["selectors"])
 # The tournament of the `auto` selector, if there is one: its candidates train their own final models (or, with
-# screen_epochs, shorter `screen-` runs, after which only the winner trains in full as final-{AUTO}).
+# screen_epochs, shorter `screen-` runs, after which the winner trains in full as final-{AUTO}).
 AUTO = auto_selector(config)
 AUTO_SPEC = config["selectors"][AUTO] if AUTO else {}
 CANDIDATES = candidate_names(AUTO_SPEC) if AUTO else []

@@ -101,7 +101,7 @@ rule evaluate:
         "../../envs/prefselect.yaml"
     threads: EVAL["threads"] if JUDGE_MODEL else 1
     resources:
-        **(job_resources("evaluation") if JUDGE_MODEL else {}),
+        **(job_resources("evaluation") if JUDGE_MODEL else {"gpu": 0}),
     params:
         names=FINALS,
         judge=shlex.quote(json.dumps(EVAL["judge"])),
@@ -109,9 +109,8 @@ rule evaluate:
         prompts=lambda wildcards, input: (
             f"--prompts {input.prompts}" if input.prompts else ""
         ),
-        gpus=EVAL["gpus"] if JUDGE_MODEL else 0,
     shell:
-        "python -m prefselect --threads {threads} --gpus {params.gpus} evaluate --names {params.names} --selections {input.selections} --samples {input.samples} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} evaluate --names {params.names} --selections {input.selections} --samples {input.samples} "
         "--opponent {input.opponent} --opponent-name {params.opponent} {params.prompts} --data {input.data} "
         "--judge {params.judge} --out-json {output.json} --out-md {output.md} > {log} 2>&1"
 
