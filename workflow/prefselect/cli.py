@@ -216,10 +216,11 @@ def cmd_tournament_report(a):
 
     choice, results = (json.loads(open(path).read()) for path in (a.choice, a.results))
     rep = report(choice, results, json.loads(a.specs), a.stage)
+    markdown = report_markdown(rep)
     write_json(rep, a.out_json)
-    write_text(report_markdown(rep), a.out_md)
+    write_text(markdown, a.out_md)
     tournament_figure(rep, a.out_png)
-    print(report_markdown(rep))
+    print(markdown)
 
 
 def cmd_sample(a):
@@ -428,8 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = step("demo-pairs", cmd_demo_pairs, "sample and label the demo's preference pairs")
     for name in ("model", "snippets", "out"):
         s.add_argument(f"--{name}", required=True)
-    for name, default in (("train", 1000), ("val", 250), ("dev", 250), ("eval-prompts", 512), ("prompt-words", 3), ("samples", 4),
-                          ("max-new-tokens", 20), ("seed", 0)):
+    for name, default in (("train", 1000), ("val", 250), ("dev", 250), ("eval-prompts", 512), ("prompt-words", 3),
+                          ("samples", 4), ("max-new-tokens", 20), ("seed", 0)):
         s.add_argument(f"--{name}", type=int, default=default)
     s.add_argument("--noise", type=float, default=0.3)
     s.add_argument("--noise-model", choices=["uniform", "bradley_terry"], default="uniform")
