@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pandas as pd
 import pytest
 import torch
@@ -16,6 +18,17 @@ SENTENCES = [
     "an absolute joy to watch from start to finish",
     "it was fine but nothing special happened at all",
 ] * 20
+
+
+@contextmanager
+def one_torch_thread():
+    """Torch on one CPU thread, as a command run with `--threads 1`: a sum split over threads rounds differently."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def build_tiny_lm(folder, seed: int = 0) -> str:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from conftest import SENTENCES, build_tiny_lm
+from conftest import SENTENCES, build_tiny_lm, one_torch_thread
 from prefselect.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +93,13 @@ def write_parquet(path: Path, rows: list[dict]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), path)
     return str(path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def same_threads_as_the_command_line():
+    """Every score here on one thread, as the offline command line's, so that all of them can agree to the bit."""
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +240,7 @@ def test_command_line_with_offline_environment(world, references, tmp_path):
     env.pop("HF_DATASETS_CACHE", None)
 
     def run(argv: list[str]) -> None:
-        result = subprocess.run([sys.executable, "-m", "prefselect", *argv], env=env, capture_output=True, text=True)
+        result = subprocess.run([sys.executable, "-m", "prefselect", "--threads", "1", *argv], env=env, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-3000:]
 
     prepare_and_score(tmp_path, *arguments(world, "hub", "hub", "conversational"), run=run)

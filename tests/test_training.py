@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_pairs
+from conftest import make_pairs, one_torch_thread
 from datasets import Dataset
 from transformers import TrainerCallback
 
@@ -86,12 +86,8 @@ def test_a_killed_training_resumes_from_its_last_checkpoint_and_ends_as_an_unint
     ref.to_parquet(tmp_path / "ref.parquet")
     settings = DPOSettings(batch_size=2, epochs=2, max_length=48)
     steps = 2 * 48 // 2
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the command below: a sum over threads would round differently
-    try:
+    with one_torch_thread():  # as the command below
         train_dpo(tiny_lm, pairs, ref, str(tmp_path / "uninterrupted"), settings)
-    finally:
-        torch.set_num_threads(threads)
 
     out, checkpoints = tmp_path / "models" / "warmup", tmp_path / "checkpoints" / "warmup"
     command = [
