@@ -7,20 +7,26 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-# Rules call `python -m prefselect`; the package lives in workflow/, so a rule's environment only needs its
-# dependencies (envs/prefselect.yaml), not an install of prefselect itself. The prefix keeps Snakemake's own
-# (bash strict mode), which setting one replaces.
-PACKAGE_ROOT = f"{workflow.basedir}/workflow"
-sys.path.insert(0, PACKAGE_ROOT)
-shell.prefix(
-    f"set -euo pipefail; export PYTHONPATH={PACKAGE_ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
-)
+# Every job runs `python -m prefselect` from its environment: the one prefselect is installed in (README), or with
+# `--sdm conda` envs/prefselect.yaml, whose post-deploy script installs prefselect from PREFSELECT_SOURCE. Planning
+# needs only the package's config module, from the environment or else from this checkout.
+SOURCE = workflow.current_basedir
+try:
+    import prefselect
+except ImportError:
+    if not SOURCE.is_local:
+        raise
+    sys.path.insert(0, f"{SOURCE.get_path_or_uri(secret_free=True)}/workflow")
 
 from prefselect.config import validate as validate_config
+from prefselect.deploy import package_source
 
-# The demo is the configuration when none is given. A --configfile replaces it rather than extending it, so that
-# no demo key or demo selector leaks into a user's configuration (keys left out take the schema's defaults).
-if not workflow.overwrite_configfiles:
+os.environ.setdefault("PREFSELECT_SOURCE", package_source(SOURCE))
+
+# The demo is the configuration unless the command line gives one: a config that names a model, data or the demo
+# replaces config/config.yaml rather than extending it, so that no demo key or demo selector leaks into it (keys
+# left out take the schema's defaults). `--config key=value` alone changes keys of the demo.
+if not {"model", "data", "demo"} & set(config):
 
     configfile: "config/config.yaml"
 

@@ -1,6 +1,9 @@
 """The configuration schema: defaults, and errors that name the key before any job runs."""
 
 import copy
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,7 +11,8 @@ import yaml
 
 from prefselect.config import ConfigError, validate
 
-DEMO = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+REPO = Path(__file__).parents[1]
+DEMO = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
 def with_change(path: str, value) -> dict:
@@ -106,15 +110,37 @@ def test_target_fractions_and_external_selectors_validate():
     assert selectors["matched"]["kind"] == "bands" and selectors["rm"]["kind"] == "external"
 
 
-def test_snakemake_stops_on_a_bad_config_before_any_job(tmp_path):
-    import subprocess
-    import sys
+def dry_run(workdir: Path, *args: str) -> str:
+    """What `snakemake -n` plans with these arguments in a working directory that holds the demo's config, as a
+    checkout does."""
+    (workdir / "config").mkdir(exist_ok=True)
+    shutil.copyfile(REPO / "config" / "config.yaml", workdir / "config" / "config.yaml")
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--directory", str(workdir), "--cores", "1",
+                             *args], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
 
+
+def test_the_demo_is_extended_by_keys_and_replaced_by_a_config_that_names_a_model_data_or_the_demo(tmp_path):
+    moved = dry_run(tmp_path, "--config", "outdir=elsewhere")
+    assert "rule demo_pairs" in moved and "elsewhere/demo/train.jsonl" in moved and " results/" not in moved
+    extra = tmp_path / "extra-selector.yaml"
+    extra.write_text("selectors: {upper_half: {bands: {lossdiff: [50, 100]}}}\n")
+    extended = dry_run(tmp_path, "--configfile", str(extra))
+    assert "results/selection/upper_half.parquet" in extended and "results/selection/lossdiff_irm.parquet" in extended
+    own = tmp_path / "own.yaml"
+    own.write_text(yaml.safe_dump({"model": {"path": str(tmp_path)}, "data": {"source": str(extra)},
+                                   "selectors": {"upper_half": {"bands": {"lossdiff": [50, 100]}}}}))
+    replaced = dry_run(tmp_path, "--configfile", str(own))
+    assert "results/selection/upper_half.parquet" in replaced
+    assert "lossdiff_irm" not in replaced and "rule demo_" not in replaced  # nothing of the demo's config carried over
+
+
+def test_snakemake_stops_on_a_bad_config_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(with_change("selectors.lossdiff_irm.bands.lossdiff", [90, 10])))
-    repo = Path(__file__).parents[1]
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(repo / "Snakefile"), "--directory", str(tmp_path),
+        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
          "--configfile", str(bad), "--cores", "1"],
         capture_output=True, text=True,
     )
