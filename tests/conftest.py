@@ -133,3 +133,11 @@ def loop_logps(folder: str, pairs: pd.DataFrame, max_length: int) -> pd.DataFram
             logps[key] = sum(float(log_probs[t - 1, ids[t]]) for t in range(len(prompt), len(ids)))
         rows.append({"id": pair.id, "chosen_logp": logps["chosen"], "rejected_logp": logps["rejected"]})
     return pd.DataFrame(rows)
+
+
+def completion_tokens(folder: str, pairs: pd.DataFrame) -> pd.DataFrame:
+    """Tokens of each completion (with its EOS), as `loop_logps` counts them."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prompt = pairs["prompt"].map(lambda text: len(tokenizer(text)["input_ids"]))
+    return pd.DataFrame({key: (pairs["prompt"] + pairs[key] + tokenizer.eos_token).map(
+        lambda text: len(tokenizer(text)["input_ids"])) - prompt for key in ("chosen", "rejected")})

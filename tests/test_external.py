@@ -6,8 +6,11 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from conftest import completion_tokens, loop_logps
 from prefselect.cli import main
-from prefselect.external import column_score, external_scores
+from prefselect.external import alignment_potential, column_score, external_scores
+from prefselect.logps import completion_lengths
+from prefselect.models import load_tokenizer
 from prefselect.selection import fit_bands, select, select_bands, select_top
 
 
@@ -64,6 +67,53 @@ def test_external_score_step_writes_one_row_per_pair(tmp_path):
     main(["external-score", "--spec", '{"kind": "external", "column": "rating"}',
           "--data", str(tmp_path / "train.parquet"), "--out", str(out)])
     assert pd.read_parquet(out).to_dict("list") == {"id": train["id"].tolist(), "external": [1.0, 2, 3, 4, 5]}
+
+
+def test_alignment_potential_is_a_hand_computation():
+    """m_ext = [1, −1, 1, −1] has mean 0 and standard deviation 1, so z(m_ext) = m_ext. The SFT model's mean
+    per-token log-probs differ by ℓ̄(chosen) − ℓ̄(rejected) = [−2, 0, 0, 2]: absolute [2, 0, 0, 2], z = [1, −1, −1, 1]
+    (a gap of −2 counts as much as one of 2). AP = z(m_ext) − w·z(gap)."""
+    sft = pd.DataFrame({"chosen_logp": [-6.0, -8, -15, -2], "chosen_tokens": [2, 4, 5, 1],
+                        "rejected_logp": [-1.0, -4, -15, -12], "rejected_tokens": [1, 2, 5, 3]})
+    margin = np.array([1.0, -1, 1, -1])
+    np.testing.assert_allclose(alignment_potential(margin, sft, weight=1), [0, 0, 2, -2])
+    np.testing.assert_allclose(alignment_potential(margin, sft, weight=0.5), [0.5, -0.5, 1.5, -1.5])
+    np.testing.assert_allclose(alignment_potential(margin, sft, weight=0), margin)
+    train = numbered(4, rating=margin)
+    spec = {"kind": "alignment_potential", "column": "rating", "weight": 1, "fraction": 0.25}
+    scores = external_scores(train, spec, sft.assign(id=train["id"]))
+    assert scores["external"].tolist() == margin.tolist()
+    chosen = select("ap", spec, scores, train)
+    assert chosen.loc[chosen["selected"], "id"].tolist() == ["p2"]
+
+
+def test_completion_lengths_count_the_tokens_the_log_probs_sum_over(tiny_lm, pairs):
+    ours = completion_lengths(pairs, load_tokenizer(tiny_lm), 64)
+    counted = completion_tokens(tiny_lm, pairs)
+    assert ours["chosen_tokens"].tolist() == counted["chosen"].tolist()
+    assert ours["rejected_tokens"].tolist() == counted["rejected"].tolist()
+    prompt = pairs["prompt"].map(lambda text: len(load_tokenizer(tiny_lm)(text)["input_ids"]))
+    limit = int(prompt.max()) + 3  # cut as TRL cuts prompt + completion: the completion gets what room is left
+    short = completion_lengths(pairs, load_tokenizer(tiny_lm), limit)
+    assert (short["chosen_tokens"] < counted["chosen"]).any()
+    assert (short["chosen_tokens"] == np.minimum(counted["chosen"], limit - prompt)).all()
+
+
+def test_alignment_potential_step_reads_the_sft_models_log_probs(tiny_lm, pairs, tmp_path):
+    rated = pairs.assign(rating=np.linspace(-1, 2, len(pairs)) ** 2)
+    rated.to_parquet(tmp_path / "train.parquet")
+    sft = loop_logps(tiny_lm, pairs, 64)
+    sft.to_parquet(tmp_path / "ref.parquet")
+    spec = '{"kind": "alignment_potential", "column": "rating", "weight": 1, "fraction": 0.4}'
+    argv = ["external-score", "--spec", spec, "--data", str(tmp_path / "train.parquet"), "--out", str(tmp_path / "ap.parquet")]
+    with pytest.raises(SystemExit):
+        main(argv)  # without the SFT model's log-probs
+    main([*argv, "--ref", str(tmp_path / "ref.parquet"), "--tokenizer", tiny_lm, "--max-length", "64"])
+    tokens = completion_tokens(tiny_lm, pairs)
+    mean_gap = np.abs(sft["chosen_logp"] / tokens["chosen"] - sft["rejected_logp"] / tokens["rejected"]).to_numpy()
+    z = lambda x: (x - x.mean()) / x.std()
+    expected = z(rated["rating"].to_numpy()) - z(mean_gap)
+    np.testing.assert_allclose(pd.read_parquet(tmp_path / "ap.parquet")["ap"], expected, rtol=1e-6)
 
 
 def test_fitted_bands_keep_their_shape_and_reach_the_target():

@@ -32,7 +32,7 @@ def test_a_grid_expands_to_band_rules_that_keep_their_fraction():
     assert made["lossdiff_irm_middle80"] == {
         "kind": "bands", "bands": {"lossdiff": [10, 90], "irm": [10, 90]}, "fraction": 0.8}  # the paper's shape
     assert selectors["auto"] == {"kind": "auto", "grid": grid, "candidates": [], "criterion": "dev_margin",
-                                 "screen_epochs": None}
+                                 "screen_epochs": None, "final": {"label_smoothing": 0}}
     rng = np.random.default_rng(0)
     scores = pd.DataFrame({"id": [f"p{i}" for i in range(1000)], "irm": rng.normal(size=1000),
                            "lossdiff": rng.normal(size=1000)})

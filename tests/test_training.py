@@ -14,13 +14,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_pairs, one_torch_thread
+from conftest import completion_tokens, loop_logps, make_pairs, one_torch_thread
 from datasets import Dataset
 from transformers import TrainerCallback
 
 from prefselect.logps import pair_logps
 from prefselect.models import load_model, load_tokenizer
-from prefselect.training import DPOSettings, build_trainer, last_checkpoint, run_key, train_dpo, with_ref_logps
+from prefselect.cli import main
+from prefselect.training import (DPOSettings, build_trainer, last_checkpoint, run_key, stable_share, train_dpo,
+                                 with_ref_logps)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,6 +58,57 @@ def test_gradient_accumulation_makes_the_same_steps_as_whole_batches(tiny_lm, pa
         torch.testing.assert_close(trained["split"][key], weight, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="micro_batch_size 3"):
         build_trainer(tiny_lm, with_ref_logps(pairs, ref), replace(whole, micro_batch_size=3), str(tmp_path / "bad"))
+
+
+@pytest.mark.parametrize("loss_type, label_smoothing", [("robust", 0.3), ("ipo", 0.0)])
+def test_the_robust_and_ipo_losses_are_trls_on_our_reference_log_probs(tiny_lm, pairs, tmp_path, loss_type,
+                                                                       label_smoothing):
+    """rDPO: [(1−ε)(−log σ(βh)) − ε(−log σ(−βh))]/(1−2ε); IPO: (h_c/n_c − h_r/n_r − 1/(2β))² with n the completion
+    tokens: TRL's loss on one batch of all pairs equals each, from log-probs computed one pair at a time."""
+    policy = loop_logps(tiny_lm, pairs, 64)
+    shift = np.linspace(-3, 3, len(pairs))  # a reference other than the policy, so that h is not 0
+    ref = policy.assign(chosen_logp=policy["chosen_logp"] + shift, rejected_logp=policy["rejected_logp"] - shift / 2)
+    settings = DPOSettings(batch_size=len(pairs), loss_type=loss_type, label_smoothing=label_smoothing, beta=0.5)
+    trainer = build_trainer(tiny_lm, with_ref_logps(pairs, ref), settings, str(tmp_path))
+    trainer.model.eval()  # no dropout: the loop's forward passes are deterministic
+    with torch.no_grad():
+        loss = float(trainer.compute_loss(trainer.model, next(iter(trainer.get_train_dataloader()))))
+    chosen, rejected = policy["chosen_logp"] - ref["chosen_logp"], policy["rejected_logp"] - ref["rejected_logp"]
+    if loss_type == "robust":
+        h, eps = settings.beta * (chosen - rejected), label_smoothing
+        log_sigmoid = lambda x: -np.logaddexp(0, -x)
+        expected = ((1 - eps) * -log_sigmoid(h) - eps * -log_sigmoid(-h)) / (1 - 2 * eps)
+    else:
+        tokens = completion_tokens(tiny_lm, pairs)
+        expected = (chosen / tokens["chosen"] - rejected / tokens["rejected"] - 1 / (2 * settings.beta)) ** 2
+    assert loss == pytest.approx(expected.mean(), rel=1e-4)
+
+
+def test_a_warmup_on_a_fraction_trains_on_exactly_its_stable_share(tiny_lm, tmp_path):
+    pairs = make_pairs(48)
+    share = stable_share(pairs, 0.5, seed=3)
+    assert 12 < len(share) < 36 and set(share["id"]) <= set(pairs["id"])
+    shuffled = pd.concat([make_pairs(60).iloc[48:], pairs.iloc[::-1]])  # more pairs, another order
+    assert set(stable_share(shuffled, 0.5, seed=3)["id"]) & set(pairs["id"]) == set(share["id"])
+    assert set(stable_share(pairs, 0.5, seed=4)["id"]) != set(share["id"])
+    ref = pd.DataFrame({"id": pairs["id"], "chosen_logp": -20.0 - np.arange(48), "rejected_logp": -21.0 - np.arange(48)})
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    ref.to_parquet(tmp_path / "ref.parquet")
+    main(["train", "--model", tiny_lm, "--data", str(tmp_path / "pairs.parquet"), "--ref", str(tmp_path / "ref.parquet"),
+          "--fraction", "0.5", "--seed", "3", "--batch-size", "2", "--max-length", "48", "--out", str(tmp_path / "share")])
+    train_dpo(tiny_lm, share, ref, str(tmp_path / "direct"), DPOSettings(batch_size=2, max_length=48, seed=3))
+    steps = [json.loads((tmp_path / name / "training_log.json").read_text())[-1]["step"] for name in ("share", "direct")]
+    assert steps == [-(-len(share) // 2)] * 2  # one step per batch of 2, the last one maybe short
+    trained = {name: load_model(str(tmp_path / name)).state_dict() for name in ("share", "direct")}
+    for key, weight in trained["direct"].items():
+        assert torch.equal(trained["share"][key], weight), key
+    with pytest.raises(ValueError, match="warmup_fraction 0"):
+        stable_share(pairs, 0, seed=0)
+
+
+def test_label_smoothing_belongs_to_the_robust_loss():
+    with pytest.raises(ValueError, match="label_smoothing 0.1: only the robust loss"):
+        DPOSettings(loss_type="sigmoid", label_smoothing=0.1)
 
 
 def test_missing_reference_log_probs_are_an_error(tiny_lm, pairs, tmp_path):

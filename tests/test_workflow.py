@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ SCORE_COLUMNS = [
     "aux_rejected_logp", "irm", "aux_irm", "loss", "aux_loss", "lossdiff",
 ]
 CANDIDATES = ["lossdiff_irm", "full", "aux_irm_top50"]  # the auto selector's: two named, one from its grid
-SELECTORS = ["lossdiff_irm", "full", "random", "oracle", "rated", "auto", "aux_irm_top50"]
+SELECTORS = ["lossdiff_irm", "full", "random", "oracle", "rated", "ap", "rdpo", "auto", "aux_irm_top50"]
 
 pytestmark = pytest.mark.e2e
 
@@ -109,6 +110,19 @@ def test_results_report_every_selector(workdir):
     for r in results.values():
         assert r["ci_low"] <= r["win_rate"] <= r["ci_high"]
         assert r["n"] == 32 * 2
+    assert results["ap"]["kept_fraction"] == pytest.approx(0.4, abs=0.01)
+
+
+def test_rivals_train_with_their_own_loss_and_alignment_potential_keeps_its_top_share(workdir):
+    out = workdir / "results"
+    for selector, loss, smoothing in (("full", ["sigmoid"], 0.0), ("rdpo", ["robust"], 0.3)):
+        args = torch.load(out / f"models/final-{selector}/training_args.bin", weights_only=False)  # TRL's DPOConfig
+        assert (args.loss_type, args.label_smoothing) == (loss, smoothing), selector
+    assert pd.read_parquet(out / "selection/rdpo.parquet")["selected"].all()
+    scores = pd.read_parquet(out / "scores/external/ap.parquet").set_index("id")
+    kept = pd.read_parquet(out / "selection/ap.parquet").set_index("id")["selected"]
+    assert list(scores.columns) == ["external", "ap"]
+    assert scores.loc[kept[kept].index, "ap"].min() >= scores.loc[kept[~kept].index, "ap"].max()
     report = json.loads((out / "data/report.json").read_text())
     assert report["dev"] == len(pd.read_parquet(out / "data/dev.parquet")) > 40  # of 48 made, less quarantined ones
     assert sum(report["rows_read"].values()) == report["train"] + report["val"] + report["dev"] + report["quarantined_total"]

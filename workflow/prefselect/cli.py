@@ -114,7 +114,7 @@ def cmd_logps(a):
 
 
 def cmd_train(a):
-    from .training import DPOSettings, train_dpo
+    from .training import DPOSettings, stable_share, train_dpo
 
     if a.gpus and a.gpus > 1 and not gpus.launched():
         # One process per GPU, each running this same command (DeepSpeed shards the work between them).
@@ -126,9 +126,12 @@ def cmd_train(a):
     if a.selection:
         selection = pd.read_parquet(a.selection)
         pairs = pairs[pairs["id"].isin(selection.loc[selection["selected"], "id"])]
+    if a.fraction < 1:
+        pairs = stable_share(pairs, a.fraction, a.seed)
+        print(f"prefselect train: on {len(pairs)} pairs, the stable share {a.fraction:g} of them", flush=True)
     settings = DPOSettings(
-        beta=a.beta, loss_type=a.loss_type, epochs=a.epochs, learning_rate=a.learning_rate,
-        batch_size=a.batch_size, max_length=a.max_length, seed=a.seed, eval_steps=a.eval_steps, save_steps=a.save_steps,
+        beta=a.beta, loss_type=a.loss_type, label_smoothing=a.label_smoothing, epochs=a.epochs,
+        learning_rate=a.learning_rate, batch_size=a.batch_size, max_length=a.max_length, seed=a.seed, eval_steps=a.eval_steps, save_steps=a.save_steps,
         micro_batch_size=a.micro_batch_size, gradient_checkpointing=a.gradient_checkpointing,
     )
     evaluation = (pd.read_parquet(a.eval_data), read_parquets(a.eval_ref)) if a.eval_data else (None, None)
@@ -172,7 +175,16 @@ def cmd_external_score(a):
     from .external import external_scores
     from .io import write_parquet
 
-    write_parquet(external_scores(pd.read_parquet(a.data), json.loads(a.spec)), a.out)
+    train, spec, sft = pd.read_parquet(a.data), json.loads(a.spec), None
+    if spec["kind"] == "alignment_potential":
+        from .logps import completion_lengths
+        from .models import load_tokenizer
+
+        if not (a.ref and a.tokenizer):
+            raise ValueError("an alignment_potential selector needs --ref (the SFT model's log-probs) and --tokenizer")
+        tokens = completion_lengths(train, load_tokenizer(a.tokenizer, a.trust_remote_code), a.max_length)
+        sft = read_parquets(a.ref).merge(tokens, on="id", validate="one_to_one")
+    write_parquet(external_scores(train, spec, sft), a.out)
 
 
 def cmd_select(a):
@@ -399,15 +411,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=func)
         return sub
 
-    def model_args(sub, *names):
+    def model_args(sub, *names, required=True):
         for name in names:
-            sub.add_argument(f"--{name}", required=True, help="model folder or hub id")
+            sub.add_argument(f"--{name}", required=required, help="model folder or hub id")
         sub.add_argument("--trust-remote-code", action="store_true")
         sub.add_argument("--max-length", type=int, default=64)
 
-    def dpo_args(sub):
+    def dpo_args(sub, losses=("sigmoid", "hinge")):
         sub.add_argument("--beta", type=float, default=0.1)
-        sub.add_argument("--loss-type", choices=["sigmoid", "hinge"], default="sigmoid")
+        sub.add_argument("--loss-type", choices=losses, default="sigmoid")
 
     s = step("demo-snippets", cmd_demo_snippets, "fetch the human-rated movie-review snippets")
     s.add_argument("--out", required=True)
@@ -478,10 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = step("train", cmd_train, "DPO with TRL from a model, on precomputed reference log-probs")
     model_args(s, "model")
-    dpo_args(s)
+    dpo_args(s, losses=("sigmoid", "hinge", "robust", "ipo"))
+    s.add_argument("--label-smoothing", type=float, default=0.0, help="robust: the share of flipped labels")
     s.add_argument("--data", required=True)
     s.add_argument("--ref", nargs="+", required=True, help="reference log-prob shards of --data")
     s.add_argument("--selection", help="train only on the pairs this selection keeps")
+    s.add_argument("--fraction", type=float, default=1.0, help="train on this stable share of the pairs (hash of seed, id)")
     s.add_argument("--eval-data", help="pairs to log the loss and reward margin of while training")
     s.add_argument("--eval-ref", nargs="+", help="reference log-prob shards of --eval-data")
     s.add_argument("--eval-steps", type=float, default=0.05, help="every N steps; below 1, that share of the run")
@@ -587,6 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = step("external-score", cmd_external_score, "an external selector's quality score of every training pair")
     s.add_argument("--spec", required=True, help='selector as JSON, e.g. {"kind": "external", "column": "rating"}')
     s.add_argument("--data", required=True)
+    s.add_argument("--ref", nargs="+", help="alignment_potential: the SFT model's log-prob shards of --data")
+    model_args(s, "tokenizer", required=False)  # alignment_potential: the SFT model's, as its log-probs were taken
     s.add_argument("--out", required=True)
 
     s = step("select", cmd_select, "apply one selector to the scores")

@@ -44,6 +44,10 @@ def _schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
+# Selector kinds that read an external margin m_ext = r(chosen) − r(rejected): a data column or a reward model.
+EXTERNAL_KINDS = ("external", "alignment_potential")
+
+
 def _check_schema(instance, schema: dict, at: tuple = ()) -> None:
     """Fill in the defaults of `instance` (the value of key `at`); raise ConfigError naming every bad key."""
     errors = sorted(_with_defaults(Draft202012Validator)(schema).iter_errors(instance), key=lambda e: list(e.path))
@@ -93,6 +97,7 @@ def _check_selectors(selectors: dict) -> None:
             if not lo < hi:
                 raise ConfigError(f"config key {key}.bands.{column}: lower bound {lo} must be below upper bound {hi}")
         _check_external(key, spec)
+        _check_final(key, spec)
         _check_target(key, spec, selectors)
         _check_auto(key, spec, selectors)
     autos = [name for name, spec in selectors.items() if spec["kind"] == "auto"]
@@ -115,6 +120,7 @@ def _expand_grid(selectors: dict) -> None:
         if spec.get("kind") != "auto" or not spec.get("grid"):
             continue
         for candidate, rule in grid_selectors(spec["grid"]).items():
+            _check_schema(rule, _schema()["properties"]["selectors"]["additionalProperties"], ("selectors", candidate))
             if selectors.setdefault(candidate, rule) != rule:
                 raise ConfigError(f"config key selectors.{name}.grid: it makes a selector {candidate!r}, but "
                                   f"selectors.{candidate} is already another rule; rename that one")
@@ -140,16 +146,28 @@ def _check_auto(key: str, spec: dict, selectors: dict) -> None:
 
 
 def _check_external(key: str, spec: dict) -> None:
+    """The source of an external margin, for the kinds that read one (external, alignment_potential)."""
+    kind = spec["kind"]
+    if "weight" in spec and kind != "alignment_potential":
+        raise ConfigError(f"config key {key}.weight: allowed for kind 'alignment_potential' only")
     given = sorted({"column", "minus", "reward_model", "trust_remote_code"} & spec.keys())
-    if spec["kind"] != "external":
+    if kind not in EXTERNAL_KINDS:
         if given:
-            raise ConfigError(f"config key {key}.{given[0]}: allowed for kind 'external' only")
+            raise ConfigError(f"config key {key}.{given[0]}: allowed for kinds {' and '.join(EXTERNAL_KINDS)} only")
         return
     if ("column" in spec) == ("reward_model" in spec):
-        raise ConfigError(f"config key {key}: an external selector needs exactly one of `column` or `reward_model`")
+        raise ConfigError(f"config key {key}: an {kind} selector needs exactly one of `column` or `reward_model`")
     for option, needs in (("minus", "column"), ("trust_remote_code", "reward_model")):
         if option in spec and needs not in spec:
             raise ConfigError(f"config key {key}.{option}: only together with `{needs}`")
+
+
+def _check_final(key: str, spec: dict) -> None:
+    final = spec["final"]
+    if spec["kind"] == "auto" and (final.get("loss_type") or final["label_smoothing"]):
+        raise ConfigError(f"config key {key}.final: the auto selector adopts its winner's model and trains none")
+    if final["label_smoothing"] and final.get("loss_type") != "robust":
+        raise ConfigError(f"config key {key}.final.label_smoothing: only loss_type robust uses it")
 
 
 def _check_target(key: str, spec: dict, selectors: dict) -> None:
@@ -158,7 +176,7 @@ def _check_target(key: str, spec: dict, selectors: dict) -> None:
     given = {"like", "fraction"} & spec.keys()
     if kind in ("full", "oracle", "auto") and given:
         raise ConfigError(f"config key {key}: `like` and `fraction` do not apply to kind {kind!r}")
-    if len(given) > 1 or (kind in ("random", "external") and not given):
+    if len(given) > 1 or (kind in ("random", *EXTERNAL_KINDS) and not given):
         raise ConfigError(f"config key {key}: a {kind} selector needs exactly one of `like` or `fraction`")
     # A selection with a `like` of its own could close a cycle; one without it never waits on another.
     allowed = sorted(n for n, s in selectors.items() if "like" not in s and f"selectors.{n}" != key)

@@ -334,10 +334,17 @@ def _make_usable(rows: list[Row], fmt: str, tokenizer: PreTrainedTokenizerBase, 
 # Split, outputs ----------------------------------------------------------------------------------------------------
 
 
+def hash_position(row_id: str, seed: int, salt: str = "") -> float:
+    """Where a row lies in [0, 1), by a hash of (salt, seed, id): a row's place never depends on the other rows, so
+    adding or reordering rows keeps it. Each use of it (splits, the warm-up's share) draws with a salt of its own."""
+    digest = hashlib.sha256(f"{salt}{seed}:{row_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def in_val(row_id: str, seed: int, val_fraction: float) -> bool:
-    """A hash of (seed, id): a row's side never depends on the other rows, so adding or reordering keeps it."""
-    digest = hashlib.sha256(f"{seed}:{row_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+    """Whether a row lies in the lowest `val_fraction` of the splits' hash range (validation, then dev, rows; the
+    highest share is the test rows)."""
+    return hash_position(row_id, seed) < val_fraction
 
 
 def _frame(rows: list[Row]) -> pd.DataFrame:

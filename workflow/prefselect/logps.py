@@ -47,6 +47,13 @@ def tokenize_pairs(pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_
     return tokenized
 
 
+def completion_lengths(pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> pd.DataFrame:
+    """`id`, `chosen_tokens`, `rejected_tokens`: how many tokens each completion's summed log-prob runs over."""
+    cuts = [cut(example, max_length) for example in tokenize_pairs(pairs, tokenizer, max_length)]
+    return pd.DataFrame({"id": pairs["id"].to_numpy(), "chosen_tokens": [len(chosen) for _, chosen, _ in cuts],
+                         "rejected_tokens": [len(rejected) for _, _, rejected in cuts]})
+
+
 def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Index batches of similar length, so that padding (wasted compute) stays small."""
     order = np.argsort(lengths, kind="stable")

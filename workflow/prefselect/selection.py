@@ -7,7 +7,7 @@ several columns intersect. LossDiff-IRM, LossDiff alone, IRM alone, one-sided cu
 A band rule given a target kept fraction keeps the shape of its bands and scales their cuts: [lo, hi] becomes
 [s·lo, 100 − s·(100 − hi)] with one factor s for every column, the largest that still keeps the target. An
 external selector keeps the pairs with the highest external quality score (a data column, or a reward model's
-margin), exactly the target's share of them.
+margin), exactly the target's share of them; an alignment_potential selector those with the highest AP.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-KINDS = ("bands", "full", "random", "oracle", "external")
+KINDS = ("bands", "full", "random", "oracle", "external", "alignment_potential")
 
 
 def band_mask(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -98,8 +98,9 @@ def select(
         keep = np.ones(len(scores), dtype=bool)
     elif kind == "random":
         keep = select_random(len(scores), n_target, seed)
-    elif kind == "external":
-        keep = select_top(scores["external"].to_numpy(dtype=float), n_target)
+    elif kind in ("external", "alignment_potential"):
+        column = "external" if kind == "external" else "ap"
+        keep = select_top(scores[column].to_numpy(dtype=float), n_target)
     elif kind == "oracle":
         keep = select_oracle(train)
     else:

@@ -139,8 +139,10 @@ def describe(spec: dict) -> str:
               else f", as many as {spec['like']}" if "like" in spec else "")
     if kind == "bands":
         return " ∩ ".join(f"{column} [{lo:g}, {hi:g}]" for column, (lo, hi) in spec["bands"].items()) + target
-    if kind == "external":
+    if kind in ("external", "alignment_potential"):
         score = spec.get("column", "reward model margin") + (f" − {spec['minus']}" if "minus" in spec else "")
+        if kind == "alignment_potential":
+            score = f"Alignment Potential (m_ext: {score}, w = {spec['weight']:g})"
         return f"top by {score}{target}"
     return {"full": "all pairs", "random": "random"}.get(kind, kind) + target
 

@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from . import provenance
+from .data import hash_position
 from .io import atomic_path
 from .models import load_model, load_tokenizer
 
@@ -48,7 +49,8 @@ class AnnounceCheckpoints(TrainerCallback):
 @dataclass
 class DPOSettings:
     beta: float = 0.1
-    loss_type: str = "sigmoid"
+    loss_type: str = "sigmoid"  # or TRL's hinge, robust (rDPO) or ipo
+    label_smoothing: float = 0.0  # robust only: the share of flipped labels that rDPO corrects for
     epochs: float = 1.0
     learning_rate: float = 3e-4
     batch_size: int = 32
@@ -58,6 +60,19 @@ class DPOSettings:
     save_steps: int = 0  # a resumable checkpoint every that many optimizer steps; 0: none
     micro_batch_size: int = 0  # pairs per forward pass of one process; 0: its whole share of the batch
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% slower
+
+    def __post_init__(self):
+        if self.label_smoothing and self.loss_type != "robust":
+            raise ValueError(f"label_smoothing {self.label_smoothing}: only the robust loss uses it, not "
+                             f"{self.loss_type!r}")
+
+
+def stable_share(pairs: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """The pairs whose hash lies in the lowest `fraction`: the same pairs on every rerun and shard count, drawn
+    independently of the splits (so not biased by which pairs became validation pairs)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"training.warmup_fraction {fraction}: must lie in (0, 1]")
+    return pairs[pairs["id"].map(lambda row_id: hash_position(row_id, seed, salt="warmup:") < fraction)]
 
 
 def with_ref_logps(pairs: pd.DataFrame, ref_logps: pd.DataFrame) -> Dataset:
@@ -91,6 +106,7 @@ def dpo_config(settings: DPOSettings, output_dir: str, evaluate: bool = False) -
         output_dir=output_dir,
         beta=settings.beta,
         loss_type=[settings.loss_type],
+        label_smoothing=settings.label_smoothing,
         num_train_epochs=settings.epochs,
         learning_rate=settings.learning_rate,
         lr_scheduler_type="constant",

@@ -3,7 +3,7 @@ import os
 import shlex
 from pathlib import Path
 
-from prefselect.config import auto_selector
+from prefselect.config import EXTERNAL_KINDS, auto_selector
 from prefselect.tournament import candidate_names, grid_selectors
 
 OUT = config["outdir"]
@@ -82,10 +82,15 @@ LOGPS_OPTIONS = (
 )
 
 
-def dpo_flags(epochs):
+def dpo_flags(epochs, selector=None):
+    """The flags of a DPO run; a selector's final run takes the loss of its own `final` settings."""
     t, m = config["training"], config["method"]
+    final = config["selectors"][selector]["final"] if selector else {}
+    loss = f"--loss-type {final.get('loss_type', m['loss_type'])}"
+    if final.get("label_smoothing"):
+        loss += f" --label-smoothing {final['label_smoothing']}"
     return (
-        f"--beta {m['beta']} --loss-type {m['loss_type']} --epochs {epochs} --learning-rate {t['learning_rate']} "
+        f"--beta {m['beta']} {loss} --epochs {epochs} --learning-rate {t['learning_rate']} "
         f"--batch-size {t['batch_size']} --max-length {config['data']['max_length']} --seed {config['seed']} "
         f"--deepspeed {t['deepspeed']} --save-steps {t['save_steps']} --micro-batch-size {t['micro_batch_size']} "
         f"{'--gradient-checkpointing' if t['gradient_checkpointing'] else ''} {remote_code()}"
@@ -124,13 +129,15 @@ def job_resources(section):
 
 
 def selector_spec(name):
-    return shlex.quote(json.dumps(config["selectors"][name]))
+    """A selector's rule as JSON; how its final model trains (`final`) changes nothing of what it selects."""
+    spec = {k: v for k, v in config["selectors"][name].items() if k != "final"}
+    return shlex.quote(json.dumps(spec))
 
 
 def selector_scores(wildcards):
     """The scores a selector reads: its external score, or the method's scores (with `influence` for TIF)."""
     spec = config["selectors"][wildcards.selector]
-    if spec["kind"] == "external":
+    if spec["kind"] in EXTERNAL_KINDS:
         return f"{OUT}/scores/external/{wildcards.selector}.parquet"
     bands = spec.get("bands", {})
     return (

@@ -1,5 +1,6 @@
 # DPO stages with TRL. The reference is always the SFT model, through its precomputed log-probs.
 TRAINING = config["training"]
+WARMUP_FRACTION = TRAINING["warmup_fraction"]
 
 
 rule warmup:
@@ -18,7 +19,8 @@ rule warmup:
         **job_resources("training"),
     params:
         model=input_or("sft", SFT),
-        flags=dpo_flags(TRAINING["warmup_epochs"]),
+        flags=dpo_flags(TRAINING["warmup_epochs"])
+        + (f" --fraction {WARMUP_FRACTION}" if WARMUP_FRACTION < 1 else ""),
         checkpoints=checkpoint_dir("warmup"),
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} train --model {params.model} --data {input.data} "
@@ -72,7 +74,8 @@ rule final:
         **job_resources("training"),
     params:
         flags=lambda wildcards: dpo_flags(
-            SCREEN_EPOCHS if wildcards.stage == "screen" else TRAINING["final_epochs"]
+            SCREEN_EPOCHS if wildcards.stage == "screen" else TRAINING["final_epochs"],
+            wildcards.selector,
         ),
         checkpoints=checkpoint_dir("{stage}-{selector}"),
     shell:
