@@ -147,6 +147,21 @@ def selector_scores(wildcards):
     )
 
 
+def sft_logps(wildcards):
+    """What an alignment_potential selector's score reads of the SFT model: its log-probs of the training pairs."""
+    spec = config["selectors"][wildcards.selector]
+    return ref_shards("train") if spec["kind"] == "alignment_potential" else []
+
+
+def sft_flags(wildcards, input):
+    if not input.sft:
+        return ""
+    return (
+        f"--ref {' '.join(input.sft)} --tokenizer {SFT} "
+        f"--max-length {config['data']['max_length']} {remote_code()}"
+    )
+
+
 def reward_model(wildcards):
     """An external selector's reward model as an input, where it is a local folder."""
     path = config["selectors"][wildcards.selector].get("reward_model")

@@ -49,26 +49,9 @@ rule merge_scores:
 # An external score from a data column takes seconds and no model; a reward model's margin is a GPU job.
 # Alignment Potential adds the SFT model's mean per-token log-probs (its reference log-probs, and the tokenizer).
 EXTERNAL = {
-    s: spec
-    for s, spec in config["selectors"].items()
-    if spec["kind"] in EXTERNAL_KINDS
+    s: spec for s, spec in config["selectors"].items() if spec["kind"] in EXTERNAL_KINDS
 }
 BY_REWARD_MODEL = [s for s, spec in EXTERNAL.items() if "reward_model" in spec]
-
-
-def sft_logps(wildcards):
-    """What an alignment_potential selector's score reads of the SFT model: its log-probs of the training pairs."""
-    spec = config["selectors"][wildcards.selector]
-    return ref_shards("train") if spec["kind"] == "alignment_potential" else []
-
-
-def sft_flags(wildcards, input):
-    if not input.sft:
-        return ""
-    return (
-        f"--ref {' '.join(input.sft)} --tokenizer {SFT} "
-        f"--max-length {config['data']['max_length']} {remote_code()}"
-    )
 
 
 localrules:
