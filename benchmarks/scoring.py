@@ -356,6 +356,16 @@ def job_counts(dry_run: str) -> dict[str, int]:
     return counts
 
 
+def cli_help_seconds(repeats: int = 3) -> float:
+    """Best wall time of `prefselect --help` in a new process: what a user waits for before any step starts."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "prefselect", "--help"], capture_output=True, check=True)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def workflow_overhead(demo_results: str | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         dry = snakemake(Path(tmp), f"{tmp}/results", "-n")
@@ -363,7 +373,8 @@ def workflow_overhead(demo_results: str | None) -> dict:
     import yaml
 
     shards = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["scoring"]["shards"]
-    row = {"dry_run": {**dry, "jobs": jobs.pop("total"), "ref_logps_jobs": jobs.get("ref_logps", 0),
+    row = {"cli_help_s": cli_help_seconds(),
+           "dry_run": {**dry, "jobs": jobs.pop("total"), "ref_logps_jobs": jobs.get("ref_logps", 0),
                        # train, validation and dev pairs, one job per shard: the only jobs that compute them
                        "ref_logps_expected": 3 * shards}}
     if demo_results is None:
@@ -499,6 +510,7 @@ def table(r: dict) -> str:
         noop_cell = (f"{noop['seconds']:.1f} ({noop['cpu_seconds']:.1f})" if "seconds" in noop
                      else f"skipped: {noop['skipped']}")
         lines += ["", "| workflow | seconds (CPU seconds) |", "|---|---|",
+                  f"| `prefselect --help` (best of 3) | {w['cli_help_s']:.2f} |",
                   f"| `snakemake -n`, demo DAG ({d['jobs']} jobs; {d['ref_logps_jobs']} compute reference log-probs) "
                   f"| {d['seconds']:.1f} ({d['cpu_seconds']:.1f}) |",
                   f"| no-op rerun of the demo DAG | {noop_cell} |"]

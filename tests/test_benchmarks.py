@@ -40,7 +40,7 @@ def test_quick_benchmark_reports_every_row(tmp_path):
     # 10x the pairs: what the step adds stays within 50 MB (streamed; at these sizes all pairs are only a few MB)
     assert memory[max(memory)]["added_rss_mb"] < memory[min(memory)]["added_rss_mb"] + 50
     dry_run = r["workflow"]["dry_run"]
-    assert dry_run["jobs"] > 0 and dry_run["seconds"] > 0
+    assert dry_run["jobs"] > 0 and dry_run["seconds"] > 0 and r["workflow"]["cli_help_s"] > 0
     assert dry_run["ref_logps_jobs"] == dry_run["ref_logps_expected"]  # reference log-probs computed once
     assert "no completed demo run" in r["workflow"]["noop_rerun"]["skipped"]
     assert all(s > 0 for s in r["merge_select_s"].values())

@@ -122,3 +122,14 @@ def test_the_workflow_is_lint_clean_and_formatted():
     fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", str(REPO / "Snakefile"), *rules],
                          capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_the_command_line_answers_help_without_loading_torch():
+    """`prefselect --help` and argument errors come before any model library is imported (the benchmark script
+    times it: `prefselect --help`)."""
+    check = ("import sys, runpy; sys.argv = ['prefselect', '--help']\n"
+             "try:\n    runpy.run_module('prefselect', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert run.returncode == 0 and "usage: prefselect" in run.stdout, run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == "[]"

@@ -239,10 +239,14 @@ def test_command_line_with_offline_environment(world, references, tmp_path):
     env.pop("HF_HUB_CACHE", None)
     env.pop("HF_DATASETS_CACHE", None)
 
+    logs = []
+
     def run(argv: list[str]) -> None:
         result = subprocess.run([sys.executable, "-m", "prefselect", "--threads", "1", *argv], env=env, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-3000:]
+        logs.append(result.stderr)
 
     prepare_and_score(tmp_path, *arguments(world, "hub", "hub", "conversational"), run=run)
+    assert "prefselect.data: prepare: {" in logs[0]  # the step's report, in its log
     assert_same(outputs(tmp_path), references["conversational"])
     assert (world["hf_home"] / "datasets").is_dir()  # datasets' own cache went under HF_HOME too

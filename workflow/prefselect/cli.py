@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import subprocess
 import sys
 
 import pandas as pd
-import torch
 
-from . import gpus, models
+from . import gpus
 from .tournament import CRITERIA
 
 
@@ -101,11 +101,11 @@ def cmd_logps(a):
     from . import provenance
     from .io import write_parquet
     from .logps import count_pairs, read_pairs, stream_logps
-    from .models import load_model, load_tokenizer
+    from .models import device, load_model, load_tokenizer
     from .scoring import shard_rows
 
     rows = shard_rows(count_pairs(a.data), a.shard, a.shards)
-    model = load_model(a.model, a.trust_remote_code).to(models.device())
+    model = load_model(a.model, a.trust_remote_code).to(device())
     tokenizer = load_tokenizer(a.model, a.trust_remote_code)
     # The data is read a slice at a time (provenance too), so a shard's memory does not grow with the data set.
     record = provenance.logps_record(a.model, a.data, a.max_length, a.shard, a.shards)
@@ -143,7 +143,7 @@ def cmd_score(a):
     from . import provenance
     from .io import write_parquet
     from .logps import read_pairs, stream_logps
-    from .models import load_model, load_tokenizer
+    from .models import device, load_model, load_tokenizer
     from .scoring import score_table
 
     ref = pd.read_parquet(a.ref)
@@ -151,7 +151,7 @@ def cmd_score(a):
     logps = {}
     for name, path in (("warm", a.warmup), ("aux", a.aux)):
         print(f"prefselect score: log-probs of {len(ref)} pairs under {path}", flush=True)
-        model = load_model(path, a.trust_remote_code).to(models.device())
+        model = load_model(path, a.trust_remote_code).to(device())
         # The shard's pairs (those of its reference log-probs) are read a slice at a time.
         pairs = read_pairs(a.data, ids=ref["id"])
         logps[name] = stream_logps(model, pairs, load_tokenizer(path, a.trust_remote_code), a.max_length, a.batch_size)
@@ -310,10 +310,10 @@ def influence_settings(a, **projection):
 
 def cmd_val_grad(a):
     from .influence import save_val_grad, validation_gradient
-    from .models import load_model, load_tokenizer
+    from .models import device, load_model, load_tokenizer
 
     settings = influence_settings(a)
-    model = load_model(a.model, a.trust_remote_code).to(models.device())
+    model = load_model(a.model, a.trust_remote_code).to(device())
     tokenizer = load_tokenizer(a.model, a.trust_remote_code)
     val_grad = validation_gradient(model, pd.read_parquet(a.data), read_parquets(a.ref), tokenizer, settings)
     save_val_grad(val_grad, a.out, settings)
@@ -325,13 +325,13 @@ def cmd_influence(a):
     from . import provenance
     from .influence import influence, load_val_grad
     from .io import write_parquet
-    from .models import load_model, load_tokenizer
+    from .models import device, load_model, load_tokenizer
     from .scoring import shard_rows
 
     settings = influence_settings(a, projection_dim=a.projection_dim, seed=a.seed)
     data = pd.read_parquet(a.data)
     pairs = data.iloc[shard_rows(len(data), a.shard, a.shards)]
-    model = load_model(a.model, a.trust_remote_code).to(models.device())
+    model = load_model(a.model, a.trust_remote_code).to(device())
     tokenizer = load_tokenizer(a.model, a.trust_remote_code)
     table = influence(model, pairs, read_parquets(a.ref), tokenizer, load_val_grad(a.val_grad, settings), settings)
     record = provenance.influence_record(a.model, data, a.val_grad, a.ref, asdict(settings), a.shard, a.shards)
@@ -664,8 +664,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    # What each step reports goes to the job's log (stderr); the libraries' own loggers keep their levels.
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("prefselect").setLevel(logging.INFO)
     args.argv = argv  # a training on several GPUs relaunches this same command, once per GPU
     if args.threads:
+        import torch  # here, so that `prefselect --help` and argument errors answer without loading torch
+
         torch.set_num_threads(args.threads)
     try:
         with gpus.placement(args.gpus):
