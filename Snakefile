@@ -53,6 +53,11 @@ if AUTO:
     include: "workflow/rules/tournament.smk"
 
 
+if config["crossfit"]["folds"]:
+
+    include: "workflow/rules/crossfit.smk"
+
+
 localrules:
     all,
 
@@ -68,6 +73,7 @@ rule all:
     input:
         f"{OUT}/data/report.json",
         f"{OUT}/scores/scores.parquet",
+        f"{OUT}/scores/crossfit.parquet" if config["crossfit"]["folds"] else [],
         expand(f"{OUT}/selection/{{selector}}.parquet", selector=SELECTORS),
         expand(f"{OUT}/models/final-{{selector}}", selector=FINALS),
         f"{OUT}/eval/results.json",

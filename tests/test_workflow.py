@@ -18,7 +18,8 @@ CONTRACT = [
     "data/train.parquet", "data/val.parquet", "data/test.parquet", "data/dev.parquet", "data/quarantine.jsonl",
     "data/report.json", *(f"logps/ref/{split}/{i}-of-2.parquet" for split in ("train", "val", "dev") for i in (0, 1)),
     "scores/shards/0-of-2.parquet", "scores/shards/1-of-2.parquet", "scores/scores.parquet",
-    "scores/external/rated.parquet", "eval/results.json", "eval/results.md", "eval/deciles.json", "eval/deciles.md",
+    "scores/external/rated.parquet", "scores/external/ap.parquet", "scores/crossfit/0-of-2.parquet",
+    "scores/crossfit/1-of-2.parquet", "scores/crossfit.parquet", "eval/results.json", "eval/results.md", "eval/deciles.json", "eval/deciles.md",
     "eval/dev/choice.json", "eval/tournament.json", "eval/tournament.md", "eval/tournament.png",
     *(f"eval/plots/{name}" for name in ("scores.png", "training.png", "results.png", "results.html", "data.html")),
     "benchmarks/aux.tsv", "benchmarks/score/0-of-2.tsv", "benchmarks/score/1-of-2.tsv",
@@ -30,7 +31,7 @@ SCORE_COLUMNS = [
     "aux_rejected_logp", "irm", "aux_irm", "loss", "aux_loss", "lossdiff",
 ]
 CANDIDATES = ["lossdiff_irm", "full", "aux_irm_top50"]  # the auto selector's: two named, one from its grid
-SELECTORS = ["lossdiff_irm", "full", "random", "oracle", "rated", "ap", "rdpo", "auto", "aux_irm_top50"]
+SELECTORS = ["lossdiff_irm", "full", "random", "oracle", "rated", "ap", "rdpo", "selective_dpo", "auto", "aux_irm_top50"]
 
 pytestmark = pytest.mark.e2e
 
@@ -69,7 +70,7 @@ def test_every_output_of_the_contract_exists(workdir):
     for path in CONTRACT:
         assert (out / path).is_file(), path
     assert (out / "demo/tokenizer/tokenizer.json").is_file()
-    for model in ["sft", "warmup", "aux"] + [f"final-{s}" for s in SELECTORS]:
+    for model in ["sft", "warmup", "aux", "xfit-0", "xfit-1"] + [f"final-{s}" for s in SELECTORS]:
         assert (out / "models" / model / "model.safetensors").is_file(), model
         if model != "sft":  # every DPO folder holds TRL's log
             assert json.loads((out / "models" / model / "training_log.json").read_text()), model
@@ -123,6 +124,17 @@ def test_rivals_train_with_their_own_loss_and_alignment_potential_keeps_its_top_
     kept = pd.read_parquet(out / "selection/ap.parquet").set_index("id")["selected"]
     assert list(scores.columns) == ["external", "ap"]
     assert scores.loc[kept[kept].index, "ap"].min() >= scores.loc[kept[~kept].index, "ap"].max()
+
+
+def test_selective_dpo_keeps_the_lowest_cross_fitted_losses(workdir):
+    out = workdir / "results"
+    crossfit = pd.read_parquet(out / "scores/crossfit.parquet").set_index("id")
+    assert list(crossfit.columns) == SCORE_COLUMNS[1:] + ["xfit_irm", "xfit_loss"]
+    kept = pd.read_parquet(out / "selection/selective_dpo.parquet").set_index("id")["selected"]
+    assert kept.mean() == pytest.approx(0.5, abs=0.05)
+    assert crossfit.loc[kept[kept].index, "xfit_loss"].max() <= crossfit.loc[kept[~kept].index, "xfit_loss"].min()
+    # A pair's cross-fitted margin is not the warm-up's: that model trained on it, the fold's model did not.
+    assert (crossfit["xfit_irm"] - crossfit["irm"]).abs().max() > 1e-3
     report = json.loads((out / "data/report.json").read_text())
     assert report["dev"] == len(pd.read_parquet(out / "data/dev.parquet")) > 40  # of 48 made, less quarantined ones
     assert sum(report["rows_read"].values()) == report["train"] + report["val"] + report["dev"] + report["quarantined_total"]

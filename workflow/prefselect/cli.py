@@ -126,6 +126,11 @@ def cmd_train(a):
     if a.selection:
         selection = pd.read_parquet(a.selection)
         pairs = pairs[pairs["id"].isin(selection.loc[selection["selected"], "id"])]
+    if a.holdout_fold is not None:
+        from .crossfit import in_fold
+
+        pairs = pairs[~in_fold(pairs, a.holdout_fold, a.folds, a.seed)]
+        print(f"prefselect train: on {len(pairs)} pairs, all but fold {a.holdout_fold} of {a.folds}", flush=True)
     if a.fraction < 1:
         pairs = stable_share(pairs, a.fraction, a.seed)
         print(f"prefselect train: on {len(pairs)} pairs, the stable share {a.fraction:g} of them", flush=True)
@@ -157,6 +162,28 @@ def cmd_score(a):
         logps[name] = stream_logps(model, pairs, load_tokenizer(path, a.trust_remote_code), a.max_length, a.batch_size)
     table = score_table(ref, logps["warm"], logps["aux"], a.beta, a.loss_type)
     write_parquet(table, a.out, provenance.metadata(record))
+
+
+def cmd_crossfit_score(a):
+    from .crossfit import fold_scores, in_fold
+    from .io import write_parquet
+    from .logps import read_pairs, stream_logps
+    from .models import device, load_model, load_tokenizer
+
+    ids = pd.read_parquet(a.data, columns=["id"])
+    ids = ids.loc[in_fold(ids, a.fold, a.folds, a.seed), "id"]
+    print(f"prefselect crossfit-score: {len(ids)} pairs of fold {a.fold} of {a.folds} under {a.model}", flush=True)
+    model = load_model(a.model, a.trust_remote_code).to(device())
+    logps = stream_logps(model, read_pairs(a.data, ids=ids), load_tokenizer(a.model, a.trust_remote_code),
+                         a.max_length, a.batch_size)
+    write_parquet(fold_scores(read_parquets(a.ref), logps, a.beta, a.loss_type), a.out)
+
+
+def cmd_join_crossfit(a):
+    from .crossfit import join
+    from .io import write_parquet
+
+    write_parquet(join(pd.read_parquet(a.scores), [pd.read_parquet(p) for p in a.folds]), a.out)
 
 
 def cmd_merge_scores(a):
@@ -496,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ref", nargs="+", required=True, help="reference log-prob shards of --data")
     s.add_argument("--selection", help="train only on the pairs this selection keeps")
     s.add_argument("--fraction", type=float, default=1.0, help="train on this stable share of the pairs (hash of seed, id)")
+    s.add_argument("--holdout-fold", type=int, help="cross-fitting: train on every fold of --folds but this one")
+    s.add_argument("--folds", type=int, default=2)
     s.add_argument("--eval-data", help="pairs to log the loss and reward margin of while training")
     s.add_argument("--eval-ref", nargs="+", help="reference log-prob shards of --eval-data")
     s.add_argument("--eval-steps", type=float, default=0.05, help="every N steps; below 1, that share of the run")
@@ -517,6 +546,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True)
     s.add_argument("--ref", required=True, help="reference log-probs of this shard")
     s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--out", required=True)
+
+    s = step("crossfit-score", cmd_crossfit_score, "cross-fitted IRM and loss of one fold, under the model that left it out")
+    model_args(s, "model")
+    dpo_args(s)
+    s.add_argument("--data", required=True)
+    s.add_argument("--ref", nargs="+", required=True, help="the SFT model's log-prob shards of --data")
+    s.add_argument("--fold", type=int, required=True)
+    s.add_argument("--folds", type=int, required=True)
+    s.add_argument("--seed", type=int, default=0, help="as the fold's model was trained with")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--out", required=True)
+
+    s = step("join-crossfit", cmd_join_crossfit, "the scores with the cross-fitted columns of every fold")
+    s.add_argument("--scores", required=True)
+    s.add_argument("--folds", nargs="+", required=True, help="crossfit-score output of each fold")
     s.add_argument("--out", required=True)
 
     s = step("tournament", cmd_tournament, "judge each candidate's model on the dev pairs and choose the rule")

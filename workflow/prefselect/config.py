@@ -188,11 +188,16 @@ def _check_influence(config: dict) -> None:
     lo, hi = config["influence"]["agreement_band"]
     if not lo < hi:
         raise ConfigError(f"config key influence.agreement_band: lower bound {lo} must be below upper bound {hi}")
-    if config["influence"]["enabled"]:
-        return
     for name, spec in config["selectors"].items():
-        if "influence" in spec.get("bands", {}):
+        bands = spec.get("bands", {})
+        if "influence" in bands and not config["influence"]["enabled"]:
             raise ConfigError(f"config key selectors.{name}.bands.influence: needs influence.enabled: true")
+        crossfitted = sorted({"xfit_irm", "xfit_loss"} & bands.keys())
+        if crossfitted and not config["crossfit"]["folds"]:
+            raise ConfigError(f"config key selectors.{name}.bands.{crossfitted[0]}: needs crossfit.folds")
+        if crossfitted and "influence" in bands:
+            raise ConfigError(f"config key selectors.{name}.bands: influence and cross-fitted scores are not read "
+                              "together; use one or the other")
 
 
 def _check_sources(config: dict) -> None:

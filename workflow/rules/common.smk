@@ -135,16 +135,17 @@ def selector_spec(name):
 
 
 def selector_scores(wildcards):
-    """The scores a selector reads: its external score, or the method's scores (with `influence` for TIF)."""
+    """The scores a selector reads: its external score, or the method's scores (with `influence` for TIF, with
+    the cross-fitted columns for bands on them)."""
     spec = config["selectors"][wildcards.selector]
     if spec["kind"] in EXTERNAL_KINDS:
         return f"{OUT}/scores/external/{wildcards.selector}.parquet"
     bands = spec.get("bands", {})
-    return (
-        f"{OUT}/influence/scores.parquet"
-        if "influence" in bands
-        else f"{OUT}/scores/scores.parquet"
-    )
+    if "influence" in bands:
+        return f"{OUT}/influence/scores.parquet"
+    if {"xfit_irm", "xfit_loss"} & bands.keys():
+        return f"{OUT}/scores/crossfit.parquet"
+    return f"{OUT}/scores/scores.parquet"
 
 
 def sft_logps(wildcards):
