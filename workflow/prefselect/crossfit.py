@@ -19,9 +19,9 @@ import pandas as pd
 
 from .data import hash_position
 from .scoring import implicit_reward_margin, merge_shards, pair_loss
+from .tables import CROSSFIT
 
 SALT = "crossfit:"
-COLUMNS = ("xfit_irm", "xfit_loss")
 
 
 def fold_of(ids: pd.Series, folds: int, seed: int) -> np.ndarray:
@@ -52,4 +52,4 @@ def fold_scores(ref: pd.DataFrame, logps: pd.DataFrame, beta: float, loss_type: 
 def join(scores: pd.DataFrame, folds: list[pd.DataFrame]) -> pd.DataFrame:
     """The scores with the cross-fitted columns; every scored pair in exactly one fold."""
     merged = merge_shards(folds, scores["id"])
-    return scores.merge(merged[["id", *COLUMNS]], on="id", how="left", validate="one_to_one")
+    return scores.merge(merged[["id", *CROSSFIT]], on="id", how="left", validate="one_to_one")

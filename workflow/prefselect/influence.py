@@ -23,7 +23,8 @@ from transformers import PreTrainedModel
 
 from .io import atomic_path
 from .logps import collated_batches, tokenize_pairs
-from .training import REF_COLUMNS, with_ref_logps
+from .tables import TRL_REF
+from .training import with_ref_logps
 
 PROJECTION_BLOCK = 2**22  # entries of the projection matrix drawn at a time (32 MiB in float64)
 
@@ -81,13 +82,13 @@ def pair_loss_fn(model: PreTrainedModel, beta: float, loss_type: str):
 
 def pair_batches(pairs: pd.DataFrame, ref_logps: pd.DataFrame, tokenizer, settings: InfluenceSettings, device):
     """TRL's training batches of `pairs`, a row per pair: yields (indices, (input_ids, completion_mask, ref_logps))."""
-    ref = with_ref_logps(pairs, ref_logps).select_columns(list(REF_COLUMNS)).to_list()
+    ref = with_ref_logps(pairs, ref_logps).select_columns(list(TRL_REF)).to_list()
     tokenized = tokenize_pairs(pairs, tokenizer, settings.max_length)
     examples = [{**e, **r} for e, r in zip(tokenized.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]), ref)]
     for index, batch in collated_batches(examples, tokenizer.pad_token_id, settings.max_length, settings.batch_size):
         # TRL stacks all chosen rows, then all rejected rows; regroup them as (pairs, 2, length).
         by_pair = [torch.stack(batch[key].chunk(2), dim=1) for key in ("input_ids", "completion_mask")]
-        ref_pair = torch.stack([batch[column] for column in REF_COLUMNS], dim=1)
+        ref_pair = torch.stack([batch[column] for column in TRL_REF], dim=1)
         yield index, (by_pair[0].to(device), by_pair[1].to(device).float(), ref_pair.to(device))
 
 

@@ -29,7 +29,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl.trainer.dpo_trainer import DataCollatorForPreference, DPOTrainer
 
-from .provenance import PAIR_COLUMNS
+from .tables import PAIR
 
 CHUNK_PAIRS = 4096  # pairs read and tokenized at a time; length sorting happens within a chunk
 LOGITS_PER_STEP = 2**24  # logits entries (64 MiB in float32) the LM head produces at a time
@@ -38,7 +38,7 @@ PACKED_ATTENTION = ("sdpa", "eager")  # kernels that take an arbitrary (rows, 1,
 
 def tokenize_pairs(pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
     """Tokenize with TRL's own preparation (EOS appended, common-prefix cut), so scores match training."""
-    dataset = Dataset.from_pandas(pairs[PAIR_COLUMNS], preserve_index=False)
+    dataset = Dataset.from_pandas(pairs[list(PAIR)], preserve_index=False)
     args = SimpleNamespace(dataset_num_proc=None, max_length=max_length, truncation_mode="keep_start")
     tokenized = DPOTrainer._prepare_dataset(SimpleNamespace(_tokenizer=tokenizer), dataset, tokenizer, args, "pairs")
     if len(tokenized) != len(pairs):
@@ -279,7 +279,7 @@ def read_pairs(path: str, rows: slice | None = None, ids: Iterable[str] | None =
     bounds = np.cumsum([0] + [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)])
     groups = [g for g in range(file.num_row_groups) if bounds[g] < rows.stop and bounds[g + 1] > rows.start]
     position = bounds[groups[0]] if groups else 0
-    for batch in file.iter_batches(batch_size=chunk, row_groups=groups, columns=PAIR_COLUMNS):
+    for batch in file.iter_batches(batch_size=chunk, row_groups=groups, columns=list(PAIR)):
         start, position = position, position + batch.num_rows
         lo, hi = max(start, rows.start), min(position, rows.stop)
         if lo < hi:
@@ -291,5 +291,5 @@ def stream_logps(model: PreTrainedModel, chunks: Iterable[pd.DataFrame], tokeniz
                  max_length: int, batch_size: int = 64) -> pd.DataFrame:
     """`pair_logps` of a stream of pair chunks (e.g. `read_pairs`): only the log-probs of past chunks stay in memory."""
     parts = [pair_logps(model, pairs, tokenizer, max_length, batch_size) for pairs in chunks]
-    return pd.concat(parts or [pair_logps(model, pd.DataFrame(columns=PAIR_COLUMNS), tokenizer, max_length)],
+    return pd.concat(parts or [pair_logps(model, pd.DataFrame(columns=list(PAIR)), tokenizer, max_length)],
                      ignore_index=True)

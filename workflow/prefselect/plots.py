@@ -14,7 +14,7 @@ import pandas as pd
 from .io import atomic_path, write_text
 from .tournament import CRITERIA
 
-SCORE_COLUMNS = ("lossdiff", "irm", "aux_irm")
+PLOTTED_SCORES = ("lossdiff", "irm", "aux_irm")
 CURVES = (("loss", "DPO loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy"))
 
 
@@ -28,7 +28,7 @@ def score_figure(scores: pd.DataFrame, train: pd.DataFrame, bands: dict, path: s
     """Histograms of each score (flipped vs clean on the demo) and LossDiff × IRM with the selector's bands."""
     flipped = train.set_index("id").loc[scores["id"], "flipped"].to_numpy(bool) if "flipped" in train else None
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
-    for ax, column in zip(axes, SCORE_COLUMNS):
+    for ax, column in zip(axes, PLOTTED_SCORES):
         values = scores[column].to_numpy()
         if flipped is None:
             ax.hist(values, bins=40)

@@ -20,9 +20,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from .fetch import sha256_of
+from .tables import PAIR
 
 KEY = "prefselect"
-PAIR_COLUMNS = ["id", "prompt", "chosen", "rejected"]
 # Files in a model folder that do not define the model: TRL's log holds timings, which differ between identical runs.
 NOT_MODEL_FILES = {"training_log.json"}
 
@@ -69,9 +69,9 @@ def pairs_fingerprint(pairs: pd.DataFrame | str | Path) -> str:
     A parquet path is read a slice at a time (a scoring shard need not load the whole training set), with the same
     digest as its frame."""
     if isinstance(pairs, pd.DataFrame):
-        return frame_fingerprint(pairs, PAIR_COLUMNS)
-    batches = pq.ParquetFile(pairs).iter_batches(batch_size=1 << 16, columns=PAIR_COLUMNS)
-    return chunks_fingerprint((batch.to_pandas() for batch in batches), PAIR_COLUMNS)
+        return frame_fingerprint(pairs, list(PAIR))
+    batches = pq.ParquetFile(pairs).iter_batches(batch_size=1 << 16, columns=list(PAIR))
+    return chunks_fingerprint((batch.to_pandas() for batch in batches), list(PAIR))
 
 
 def record(inputs: dict, config: dict, **extra) -> dict:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .tables import SCORES
+
 LOSS_TYPES = ("sigmoid", "hinge")
 
 
@@ -49,7 +51,7 @@ def score_table(
     table["loss"] = pair_loss(table["irm"].to_numpy(), loss_type)
     table["aux_loss"] = pair_loss(table["aux_irm"].to_numpy(), loss_type)
     table["lossdiff"] = table["loss"] - table["aux_loss"]
-    return table
+    return table[list(SCORES)]
 
 
 def merge_shards(shards: list[pd.DataFrame], train_ids: pd.Series) -> pd.DataFrame:

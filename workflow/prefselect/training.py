@@ -20,8 +20,8 @@ from . import provenance
 from .data import hash_position
 from .io import atomic_path
 from .models import load_model, load_tokenizer
+from .tables import TRL_REF
 
-REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
 class PrecomputedRefDPOTrainer(DPOTrainer):
@@ -32,7 +32,7 @@ class PrecomputedRefDPOTrainer(DPOTrainer):
     """
 
     def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
-        missing = set(REF_COLUMNS) - set(dataset.column_names)
+        missing = set(TRL_REF) - set(dataset.column_names)
         if missing:
             raise ValueError(f"{name} dataset lacks precomputed reference log-probs {sorted(missing)}")
         return dataset
@@ -77,9 +77,9 @@ def stable_share(pairs: pd.DataFrame, fraction: float, seed: int) -> pd.DataFram
 
 def with_ref_logps(pairs: pd.DataFrame, ref_logps: pd.DataFrame) -> Dataset:
     """The TRL dataset: prompt/chosen/rejected strings plus the reference log-probs, joined by id."""
-    ref = ref_logps.rename(columns={"chosen_logp": REF_COLUMNS[0], "rejected_logp": REF_COLUMNS[1]})
+    ref = ref_logps.rename(columns={"chosen_logp": TRL_REF[0], "rejected_logp": TRL_REF[1]})
     table = pairs[["id", "prompt", "chosen", "rejected"]].merge(ref, on="id", how="left", validate="one_to_one")
-    if table[list(REF_COLUMNS)].isna().any().any():
+    if table[list(TRL_REF)].isna().any().any():
         raise ValueError("reference log-probs are missing for some pairs; rerun ref_logps")
     return Dataset.from_pandas(table.drop(columns="id"), preserve_index=False)
 
