@@ -159,3 +159,62 @@ def test_snakemake_stops_on_a_bad_config_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "selectors.lossdiff_irm.bands.lossdiff: lower bound 90 must be below upper bound 10" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+# Each setting a step takes, as (step, argument) -> the config key whose value the workflow passes for it.
+STEP_SETTINGS = {
+    ("demo-tokenizer", "vocab_size"): "demo.vocab_size",
+    **{("demo-sft", name): f"demo.model.{name}" for name in ("n_layer", "n_embd", "n_head", "n_positions")},
+    **{("demo-sft", name): f"demo.sft.{name}" for name in ("steps", "batch_size", "learning_rate")},
+    **{("demo-pairs", name): f"demo.pairs.{name}" for name in ("train", "val", "dev", "eval_prompts", "prompt_words",
+                                                                "samples", "max_new_tokens", "noise", "noise_model",
+                                                                "tau")},
+    **{("prepare", name): f"data.{name}" for name in ("split", "validation_split", "dev_split", "val_fraction",
+                                                       "test_fraction", "max_length", "min_rows")},
+    ("logps", "batch_size"): "scoring.batch_size",
+    **{("train", name): f"training.{name}" for name in ("learning_rate", "batch_size", "micro_batch_size",
+                                                         "save_steps", "deepspeed", "gradient_checkpointing")},
+    ("train", "epochs"): "training.warmup_epochs",
+    ("train", "fraction"): "training.warmup_fraction",
+    ("train", "folds"): "crossfit.folds",
+    ("train", "label_smoothing"): "selectors.*.final.label_smoothing",
+    ("score", "batch_size"): "scoring.batch_size",
+    ("crossfit-score", "batch_size"): "scoring.batch_size",
+    ("val-grad", "batch_size"): "influence.batch_size",
+    ("influence", "batch_size"): "influence.batch_size",
+    ("agreement", "tif_band"): "influence.agreement_band",
+    ("sample", "samples"): "evaluation.samples",
+    ("sample", "max_new_tokens"): "evaluation.max_new_tokens",
+    ("evaluate", "opponent_name"): "evaluation.opponent",
+    ("evaluate", "judge"): "evaluation.judge.kind",
+    **{(step, "seed"): "seed" for step in ("demo-sft", "demo-pairs", "prepare", "train", "crossfit-score", "influence",
+                                           "select", "sample")},
+    **{(step, "max_length"): "data.max_length" for step in ("prepare", "logps", "train", "score", "crossfit-score",
+                                                             "val-grad", "influence", "external-score")},
+    **{(step, name): f"method.{name}" for step in ("train", "score", "crossfit-score", "tournament", "val-grad",
+                                                    "influence") for name in ("beta", "loss_type")},
+}
+
+
+def schema_default(key: str):
+    node = yaml.safe_load((REPO / "workflow/prefselect/schemas/config.schema.yaml").read_text())
+    for part in key.split("."):
+        node = node["additionalProperties"] if part == "*" else node["properties"][part]
+    return node["default"]
+
+
+def test_a_step_run_by_hand_takes_the_workflows_defaults():
+    """`prefselect <step>` with only its required arguments gets, for every setting, the default the workflow would
+    pass from the config: the schema's."""
+    from prefselect.cli import build_parser
+
+    subcommands = next(a for a in build_parser()._actions if a.dest == "step").choices
+    for (step, dest), key in STEP_SETTINGS.items():
+        action = next(a for a in subcommands[step]._actions if a.dest == dest)
+        assert action.default == schema_default(key), (step, dest, key)
+    # No other argument of a step has a default of its own that the schema defines under the same name.
+    named = {key.rsplit(".", 1)[-1] for key in STEP_SETTINGS.values()}
+    for step, parser in subcommands.items():
+        for action in parser._actions:
+            if action.dest in named and (step, action.dest) not in STEP_SETTINGS and action.default is not None:
+                assert action.dest in ("shards", "dev_fraction"), (step, action.dest)

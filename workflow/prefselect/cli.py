@@ -11,6 +11,7 @@ import sys
 import pandas as pd
 
 from . import gpus
+from .config import default
 from .tournament import CRITERIA
 
 
@@ -113,15 +114,10 @@ def cmd_logps(a):
     write_parquet(logps, a.out, provenance.metadata(record))
 
 
-def cmd_train(a):
-    from .training import DPOSettings, stable_share, train_dpo
+def training_pairs(a) -> pd.DataFrame:
+    """The pairs of --data that a DPO run trains on: those --selection keeps, less --holdout-fold, then --fraction."""
+    from .training import stable_share
 
-    if a.gpus and a.gpus > 1 and not gpus.launched():
-        # One process per GPU, each running this same command (DeepSpeed shards the work between them).
-        code = subprocess.call(gpus.accelerate_command(a.gpus, a.deepspeed, a.argv))
-        if code:
-            raise SystemExit(code)
-        return
     pairs = pd.read_parquet(a.data)
     if a.selection:
         selection = pd.read_parquet(a.selection)
@@ -129,14 +125,30 @@ def cmd_train(a):
     if a.holdout_fold is not None:
         from .crossfit import in_fold
 
+        if a.folds is None:
+            raise ValueError("--holdout-fold needs --folds")
         pairs = pairs[~in_fold(pairs, a.holdout_fold, a.folds, a.seed)]
         print(f"prefselect train: on {len(pairs)} pairs, all but fold {a.holdout_fold} of {a.folds}", flush=True)
     if a.fraction < 1:
         pairs = stable_share(pairs, a.fraction, a.seed)
         print(f"prefselect train: on {len(pairs)} pairs, the stable share {a.fraction:g} of them", flush=True)
+    return pairs
+
+
+def cmd_train(a):
+    from .training import DPOSettings, train_dpo
+
+    if a.gpus and a.gpus > 1 and not gpus.launched():
+        # One process per GPU, each running this same command (DeepSpeed shards the work between them).
+        code = subprocess.call(gpus.accelerate_command(a.gpus, a.deepspeed, a.argv))
+        if code:
+            raise SystemExit(code)
+        return
+    pairs = training_pairs(a)
     settings = DPOSettings(
         beta=a.beta, loss_type=a.loss_type, label_smoothing=a.label_smoothing, epochs=a.epochs,
-        learning_rate=a.learning_rate, batch_size=a.batch_size, max_length=a.max_length, seed=a.seed, eval_steps=a.eval_steps, save_steps=a.save_steps,
+        learning_rate=a.learning_rate, batch_size=a.batch_size, max_length=a.max_length, seed=a.seed, eval_steps=a.eval_steps,
+        save_steps=a.save_steps if a.checkpoint_dir else 0,
         micro_batch_size=a.micro_batch_size, gradient_checkpointing=a.gradient_checkpointing,
     )
     evaluation = (pd.read_parquet(a.eval_data), read_parquets(a.eval_ref)) if a.eval_data else (None, None)
@@ -442,11 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
         for name in names:
             sub.add_argument(f"--{name}", required=required, help="model folder or hub id")
         sub.add_argument("--trust-remote-code", action="store_true")
-        sub.add_argument("--max-length", type=int, default=64)
+        sub.add_argument("--max-length", type=int, default=default("data.max_length"))
 
     def dpo_args(sub, losses=("sigmoid", "hinge")):
-        sub.add_argument("--beta", type=float, default=0.1)
-        sub.add_argument("--loss-type", choices=losses, default="sigmoid")
+        sub.add_argument("--beta", type=float, default=default("method.beta"))
+        sub.add_argument("--loss-type", choices=losses, default=default("method.loss_type"))
 
     s = step("demo-snippets", cmd_demo_snippets, "fetch the human-rated movie-review snippets")
     s.add_argument("--out", required=True)
@@ -455,40 +467,45 @@ def build_parser() -> argparse.ArgumentParser:
     s = step("demo-tokenizer", cmd_demo_tokenizer, "train the demo's byte-level BPE tokenizer")
     s.add_argument("--snippets", required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--vocab-size", type=int, default=2048)
+    s.add_argument("--vocab-size", type=int, default=default("demo.vocab_size"))
 
     s = step("demo-sft", cmd_demo_sft, "train the demo's tiny SFT model from scratch")
     for name in ("snippets", "tokenizer", "out"):
         s.add_argument(f"--{name}", required=True)
-    for name, default in (("n-layer", 3), ("n-embd", 128), ("n-head", 4), ("n-positions", 64), ("steps", 800),
-                          ("batch-size", 32), ("seed", 0)):
-        s.add_argument(f"--{name}", type=int, default=default)
-    s.add_argument("--learning-rate", type=float, default=2e-3)
+    for name in ("n_layer", "n_embd", "n_head", "n_positions"):
+        s.add_argument(f"--{name.replace('_', '-')}", type=int, default=default(f"demo.model.{name}"))
+    for name in ("steps", "batch_size"):
+        s.add_argument(f"--{name.replace('_', '-')}", type=int, default=default(f"demo.sft.{name}"))
+    s.add_argument("--seed", type=int, default=default("seed"))
+    s.add_argument("--learning-rate", type=float, default=default("demo.sft.learning_rate"))
 
     s = step("demo-pairs", cmd_demo_pairs, "sample and label the demo's preference pairs")
     for name in ("model", "snippets", "out"):
         s.add_argument(f"--{name}", required=True)
-    for name, default in (("train", 1000), ("val", 250), ("dev", 250), ("eval-prompts", 512), ("prompt-words", 3),
-                          ("samples", 4), ("max-new-tokens", 20), ("seed", 0)):
-        s.add_argument(f"--{name}", type=int, default=default)
-    s.add_argument("--noise", type=float, default=0.3)
-    s.add_argument("--noise-model", choices=["uniform", "bradley_terry"], default="uniform")
-    s.add_argument("--tau", type=float, default=0.1)
+    for name in ("train", "val", "dev", "eval_prompts", "prompt_words", "samples", "max_new_tokens"):
+        s.add_argument(f"--{name.replace('_', '-')}", type=int, default=default(f"demo.pairs.{name}"))
+    s.add_argument("--seed", type=int, default=default("seed"))
+    s.add_argument("--noise", type=float, default=default("demo.pairs.noise"))
+    s.add_argument("--noise-model", choices=["uniform", "bradley_terry"], default=default("demo.pairs.noise_model"))
+    s.add_argument("--tau", type=float, default=default("demo.pairs.tau"))
 
     s = step("prepare", cmd_prepare, "validate, id and split preference data; quarantine unusable rows")
     s.add_argument("--source", required=True, help="local .jsonl/.json/.parquet file, dataset folder or hub id")
-    s.add_argument("--split", default="train", help="split of a --source that is a hub id or dataset folder")
+    s.add_argument("--split", default=default("data.split"), help="split of a --source that is a hub id or dataset folder")
     s.add_argument("--validation")
-    s.add_argument("--validation-split", default="test", help="split of a --validation that is a hub id or folder")
+    s.add_argument("--validation-split", default=default("data.validation_split"),
+                   help="split of a --validation that is a hub id or folder")
     s.add_argument("--tokenizer", required=True)
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--max-length", type=int, default=64)
-    s.add_argument("--val-fraction", type=float, default=0.2)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--min-rows", type=int, default=1)
-    s.add_argument("--test-fraction", type=float, default=0.0, help="share of source pairs held out as test pairs")
+    s.add_argument("--max-length", type=int, default=default("data.max_length"))
+    s.add_argument("--val-fraction", type=float, default=default("data.val_fraction"))
+    s.add_argument("--seed", type=int, default=default("seed"))
+    s.add_argument("--min-rows", type=int, default=default("data.min_rows"))
+    s.add_argument("--test-fraction", type=float, default=default("data.test_fraction"),
+                   help="share of source pairs held out as test pairs")
     s.add_argument("--dev", help="dev pairs (what the auto selector chooses on): a file, dataset folder or hub id")
-    s.add_argument("--dev-split", default="test", help="split of a --dev that is a hub id or folder")
+    s.add_argument("--dev-split", default=default("data.dev_split"), help="split of a --dev that is a hub id or folder")
+    # data.dev_fraction applies only where an auto selector needs dev pairs; a step run by hand asks for them.
     s.add_argument("--dev-fraction", type=float, default=0.0,
                    help="without --dev: share of the validation pairs held out as dev pairs (0: none)")
     s.add_argument("--trust-remote-code", action="store_true")
@@ -512,32 +529,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True)
     s.add_argument("--shard", type=int, default=0)
     s.add_argument("--shards", type=int, default=1)
-    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--batch-size", type=int, default=default("scoring.batch_size"))
     s.add_argument("--out", required=True)
 
     s = step("train", cmd_train, "DPO with TRL from a model, on precomputed reference log-probs")
     model_args(s, "model")
     dpo_args(s, losses=("sigmoid", "hinge", "robust", "ipo"))
-    s.add_argument("--label-smoothing", type=float, default=0.0, help="robust: the share of flipped labels")
+    s.add_argument("--label-smoothing", type=float, default=default("selectors.*.final.label_smoothing"),
+                   help="robust: the share of flipped labels")
     s.add_argument("--data", required=True)
     s.add_argument("--ref", nargs="+", required=True, help="reference log-prob shards of --data")
     s.add_argument("--selection", help="train only on the pairs this selection keeps")
-    s.add_argument("--fraction", type=float, default=1.0, help="train on this stable share of the pairs (hash of seed, id)")
+    s.add_argument("--fraction", type=float, default=default("training.warmup_fraction"),
+                   help="train on this stable share of the pairs (hash of seed, id)")
     s.add_argument("--holdout-fold", type=int, help="cross-fitting: train on every fold of --folds but this one")
-    s.add_argument("--folds", type=int, default=2)
+    s.add_argument("--folds", type=int, default=default("crossfit.folds"))
     s.add_argument("--eval-data", help="pairs to log the loss and reward margin of while training")
     s.add_argument("--eval-ref", nargs="+", help="reference log-prob shards of --eval-data")
     s.add_argument("--eval-steps", type=float, default=0.05, help="every N steps; below 1, that share of the run")
-    s.add_argument("--deepspeed", choices=gpus.ZERO_STAGES, default="zero2", help="ZeRO stage when --gpus > 1")
-    s.add_argument("--epochs", type=float, default=1.0)
-    s.add_argument("--learning-rate", type=float, default=3e-4)
-    s.add_argument("--batch-size", type=int, default=32, help="pairs per optimizer step, over all GPUs")
-    s.add_argument("--micro-batch-size", type=int, default=0,
+    s.add_argument("--deepspeed", choices=gpus.ZERO_STAGES, default=default("training.deepspeed"),
+                   help="ZeRO stage when --gpus > 1")
+    s.add_argument("--epochs", type=float, default=default("training.warmup_epochs"))
+    s.add_argument("--learning-rate", type=float, default=default("training.learning_rate"))
+    s.add_argument("--batch-size", type=int, default=default("training.batch_size"),
+                   help="pairs per optimizer step, over all GPUs")
+    s.add_argument("--micro-batch-size", type=int, default=default("training.micro_batch_size"),
                    help="pairs per forward pass and GPU; the rest of a batch is gradient accumulation (0: none)")
     s.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=default("seed"))
     s.add_argument("--checkpoint-dir", help="where to keep checkpoints, and resume a killed run from; removed after")
-    s.add_argument("--save-steps", type=int, default=0, help="checkpoint every N optimizer steps (0: never)")
+    s.add_argument("--save-steps", type=int, default=default("training.save_steps"),
+                   help="with --checkpoint-dir, a checkpoint every N optimizer steps (0: never)")
     s.add_argument("--out", required=True)
 
     s = step("score", cmd_score, "IRM, losses and LossDiff of one shard of training pairs")
@@ -545,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     dpo_args(s)
     s.add_argument("--data", required=True)
     s.add_argument("--ref", required=True, help="reference log-probs of this shard")
-    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--batch-size", type=int, default=default("scoring.batch_size"))
     s.add_argument("--out", required=True)
 
     s = step("crossfit-score", cmd_crossfit_score, "cross-fitted IRM and loss of one fold, under the model that left it out")
@@ -555,8 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ref", nargs="+", required=True, help="the SFT model's log-prob shards of --data")
     s.add_argument("--fold", type=int, required=True)
     s.add_argument("--folds", type=int, required=True)
-    s.add_argument("--seed", type=int, default=0, help="as the fold's model was trained with")
-    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--seed", type=int, default=default("seed"), help="as the fold's model was trained with")
+    s.add_argument("--batch-size", type=int, default=default("scoring.batch_size"))
     s.add_argument("--out", required=True)
 
     s = step("join-crossfit", cmd_join_crossfit, "the scores with the cross-fitted columns of every fold")
@@ -598,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--data", required=True)
         sub.add_argument("--ref", nargs="+", required=True, help="reference log-prob shards of --data")
         sub.add_argument("--params", nargs="+", help="glob patterns of parameter names (default: all parameters)")
-        sub.add_argument("--batch-size", type=int, default=32)
+        sub.add_argument("--batch-size", type=int, default=default("influence.batch_size"))
         sub.add_argument("--out", required=True)
 
     s = step("val-grad", cmd_val_grad, "mean gradient of the training loss over the validation pairs")
@@ -610,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shard", type=int, default=0)
     s.add_argument("--shards", type=int, default=1)
     s.add_argument("--projection-dim", type=int, help="project gradients to this many dimensions")
-    s.add_argument("--seed", type=int, default=0, help="seed of the projection")
+    s.add_argument("--seed", type=int, default=default("seed"), help="seed of the projection")
 
     s = step("merge-influence", cmd_merge_scores, "merge influence shards; every training id exactly once")
     s.add_argument("--shards", nargs="+", required=True)
@@ -624,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = step("agreement", cmd_agreement, "overlaps and correlations of LossDiff, IRM and LossDiff-IRM with IF")
     s.add_argument("--scores", required=True, help="scores with an `influence` column (join-influence)")
-    s.add_argument("--tif-band", type=float, nargs=2, default=[10, 90])
+    s.add_argument("--tif-band", type=float, nargs=2, default=default("influence.agreement_band"))
     s.add_argument("--benchmarks", nargs="*", default=[], help="stage=benchmark.tsv, e.g. score=... influence=...")
     s.add_argument("--out-json", required=True)
     s.add_argument("--out-md", required=True)
@@ -656,15 +678,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scores", required=True)
     s.add_argument("--data", required=True)
     s.add_argument("--like", help="the selection whose kept fraction to match (random, external, bands)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=default("seed"))
     s.add_argument("--out", required=True)
 
     s = step("sample", cmd_sample, "sample continuations of held-out prompts from a model")
     s.add_argument("--model", required=True)
     s.add_argument("--prompts", required=True)
-    s.add_argument("--samples", type=int, default=4)
-    s.add_argument("--max-new-tokens", type=int, default=20)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--samples", type=int, default=default("evaluation.samples"))
+    s.add_argument("--max-new-tokens", type=int, default=default("evaluation.max_new_tokens"))
+    s.add_argument("--seed", type=int, default=default("seed"))
     s.add_argument("--trust-remote-code", action="store_true")
     s.add_argument("--out", required=True)
 
@@ -675,10 +697,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples of each model; for the likelihood judge, its log-probs of the test pairs")
     s.add_argument("--opponent", nargs="+", required=True,
                    help="samples of the opponent model; for the likelihood judge, its log-probs of the test pairs")
-    s.add_argument("--opponent-name", default="sft")
+    s.add_argument("--opponent-name", default=default("evaluation.opponent"))
     s.add_argument("--prompts", help="the held-out prompts (not for the likelihood judge)")
     s.add_argument("--data", required=True, help="training pairs (for the demo's ground truth)")
-    s.add_argument("--judge", type=name_or_json, default="vader",
+    s.add_argument("--judge", type=name_or_json, default=default("evaluation.judge.kind"),
                    help='a judge name, or evaluation.judge as JSON, e.g. {"kind": "llm", "model": "gpt-4o-mini"}')
     s.add_argument("--out-json", required=True)
     s.add_argument("--out-md", required=True)

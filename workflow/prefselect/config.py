@@ -48,6 +48,15 @@ def _schema() -> dict:
 EXTERNAL_KINDS = ("external", "alignment_potential")
 
 
+def default(key: str):
+    """The schema's default of config key `key` (dotted, e.g. `training.save_steps`): what a step run by hand
+    takes for a setting that the workflow would pass from the config."""
+    node = _schema()
+    for part in key.split("."):  # `*`: any name, as under `selectors`
+        node = node["additionalProperties"] if part == "*" else node["properties"][part]
+    return node["default"]
+
+
 def _check_schema(instance, schema: dict, at: tuple = ()) -> None:
     """Fill in the defaults of `instance` (the value of key `at`); raise ConfigError naming every bad key."""
     errors = sorted(_with_defaults(Draft202012Validator)(schema).iter_errors(instance), key=lambda e: list(e.path))
