@@ -135,6 +135,8 @@ def test_selective_dpo_keeps_the_lowest_cross_fitted_losses(workdir):
     assert crossfit.loc[kept[kept].index, "xfit_loss"].max() <= crossfit.loc[kept[~kept].index, "xfit_loss"].min()
     # A pair's cross-fitted margin is not the warm-up's: that model trained on it, the fold's model did not.
     assert (crossfit["xfit_irm"] - crossfit["irm"]).abs().max() > 1e-3
+    deciles = json.loads((out / "eval/deciles.json").read_text())
+    assert list(deciles) == ["lossdiff", "irm", "aux_irm", "xfit_irm"]  # where the flipped labels sit in each
     report = json.loads((out / "data/report.json").read_text())
     assert report["dev"] == len(pd.read_parquet(out / "data/dev.parquet")) > 40  # of 48 made, less quarantined ones
     assert sum(report["rows_read"].values()) == report["train"] + report["val"] + report["dev"] + report["quarantined_total"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-SCORES = ("lossdiff", "irm", "aux_irm")
+# The scores the selectors cut on, and the cross-fitted margin where the scores have it (crossfit.folds).
+SCORES = ("lossdiff", "irm", "aux_irm", "xfit_irm")
 
 
 def auc_flipped_low(values: np.ndarray, flipped: np.ndarray) -> float:
@@ -37,6 +38,7 @@ def diagnose(scores: pd.DataFrame, train: pd.DataFrame) -> dict:
             "deciles": decile_table(scores, train, column).to_dict(orient="records"),
         }
         for column in SCORES
+        if column in scores
     }
 
 

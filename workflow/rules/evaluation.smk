@@ -117,7 +117,11 @@ rule evaluate:
 
 rule diagnose:
     input:
-        scores=rules.merge_scores.output,
+        scores=(
+            f"{OUT}/scores/crossfit.parquet"
+            if config["crossfit"]["folds"]
+            else rules.merge_scores.output
+        ),
         data=f"{OUT}/data/train.parquet",
     output:
         json=f"{OUT}/eval/deciles.json",
