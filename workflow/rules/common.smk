@@ -155,6 +155,7 @@ def sft_logps(wildcards):
 
 
 def sft_flags(wildcards, input):
+    """The arguments that hand `external-score` the SFT model's log-probs and tokenizer, where it needs them."""
     if not input.sft:
         return ""
     return (
