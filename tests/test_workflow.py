@@ -236,9 +236,10 @@ def test_rerun_after_a_lost_score_shard_recomputes_only_that_shard_and_its_depen
     n = len(SELECTORS)
     # Not planned: demo, prepare, ref_logps, warmup, aux, the other shard, nor sampling the SFT model again.
     # The auto selector's selection and model come from its tournament, which reads its candidates' dev log-probs;
-    # random and rated keep as many pairs as lossdiff_irm (select_matched).
+    # random and rated keep as many pairs as lossdiff_irm (select_matched). The cross-fitted scores are joined to
+    # the new scores again, but neither their warm-ups nor their scoring rerun.
     assert planned == {
-        "all": 1, "score": 1, "merge_scores": 1, "select": n - 3, "select_matched": 2, "final": n - 1, "sample": n,
+        "all": 1, "score": 1, "merge_scores": 1, "join_crossfit": 1, "select": n - 3, "select_matched": 2, "final": n - 1, "sample": n,
         "evaluate": 1,
         "diagnose": 1, "plots": 1, "heldout_logps": len(CANDIDATES), "tournament": 1, "adopt_winner": 1,
         "tournament_report": 1,

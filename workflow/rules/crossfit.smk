@@ -27,9 +27,10 @@ rule crossfit_warmup:
         model=input_or("sft", SFT),
         flags=dpo_flags(TRAINING["warmup_epochs"]),
         checkpoints=checkpoint_dir("xfit-{fold}"),
+        folds=FOLDS,
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} train --model {params.model} --data {input.data} "
-        "--ref {input.ref} --holdout-fold {wildcards.fold} --folds {FOLDS} {params.flags} "
+        "--ref {input.ref} --holdout-fold {wildcards.fold} --folds {params.folds} {params.flags} "
         "--checkpoint-dir {params.checkpoints} --out {output} > {log} 2>&1"
 
 
@@ -52,9 +53,10 @@ rule crossfit_score:
             f"--beta {config['method']['beta']} --loss-type {config['method']['loss_type']} "
             f"--seed {config['seed']} " + LOGPS_OPTIONS
         ),
+        folds=FOLDS,
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} crossfit-score --model {input.model} "
-        "--data {input.data} --ref {input.ref} --fold {wildcards.fold} --folds {FOLDS} {params.options} "
+        "--data {input.data} --ref {input.ref} --fold {wildcards.fold} --folds {params.folds} {params.options} "
         "--out {output} > {log} 2>&1"
 
 
