@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator, validators
 
+from .selection import EXTERNAL_SCORE
 from .tournament import candidate_names, grid_selectors
 
 # Inside the package, so that an installed prefselect (not only a checkout) validates configs;
@@ -45,7 +46,7 @@ def _schema() -> dict:
 
 
 # Selector kinds that read an external margin m_ext = r(chosen) − r(rejected): a data column or a reward model.
-EXTERNAL_KINDS = ("external", "alignment_potential")
+EXTERNAL_KINDS = tuple(EXTERNAL_SCORE)
 
 
 def default(key: str):

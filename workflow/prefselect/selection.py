@@ -15,7 +15,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-KINDS = ("bands", "full", "random", "oracle", "external", "alignment_potential")
+# Kinds that keep the top of an external score (scores/external/{name}.parquet), and the column each ranks by.
+EXTERNAL_SCORE = {"external": "external", "alignment_potential": "ap"}
+KINDS = ("bands", "full", "random", "oracle", *EXTERNAL_SCORE)
 
 
 def band_mask(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -98,9 +100,8 @@ def select(
         keep = np.ones(len(scores), dtype=bool)
     elif kind == "random":
         keep = select_random(len(scores), n_target, seed)
-    elif kind in ("external", "alignment_potential"):
-        column = "external" if kind == "external" else "ap"
-        keep = select_top(scores[column].to_numpy(dtype=float), n_target)
+    elif kind in EXTERNAL_SCORE:
+        keep = select_top(scores[EXTERNAL_SCORE[kind]].to_numpy(dtype=float), n_target)
     elif kind == "oracle":
         keep = select_oracle(train)
     else:

@@ -23,6 +23,7 @@ import pandas as pd
 
 from .io import atomic_path
 from .scoring import implicit_reward_margin, pair_loss
+from .selection import EXTERNAL_SCORE
 
 CRITERIA = {"dev_margin": ("margin", max), "dev_accuracy": ("accuracy", max), "dev_loss": ("loss", min)}
 # The band each shape starts from; the kept fraction then scales its cuts (selection.fit_bands).
@@ -139,7 +140,7 @@ def describe(spec: dict) -> str:
               else f", as many as {spec['like']}" if "like" in spec else "")
     if kind == "bands":
         return " ∩ ".join(f"{column} [{lo:g}, {hi:g}]" for column, (lo, hi) in spec["bands"].items()) + target
-    if kind in ("external", "alignment_potential"):
+    if kind in EXTERNAL_SCORE:
         score = spec.get("column", "reward model margin") + (f" − {spec['minus']}" if "minus" in spec else "")
         if kind == "alignment_potential":
             score = f"Alignment Potential (m_ext: {score}, w = {spec['weight']:g})"
