@@ -296,7 +296,7 @@ def peak_memory(folder: Path, n_pairs: int, rng, work: Path, s: Setup) -> dict:
     data = work / f"pairs-{n_pairs}.parquet"
     synthetic_pairs(rng, n_pairs, s.prompt_words, s.completion_words).to_parquet(data)
     step = ["--threads", str(torch.get_num_threads()), "logps", "--model", str(folder), "--data", str(data),
-            "--max-length", str(s.max_length), "--out", str(work / f"logps-{n_pairs}.parquet")]
+            "--config", json.dumps({"data": {"max_length": s.max_length}}), "--out", str(work / f"logps-{n_pairs}.parquet")]
     report_peak = ("import resource, sys; from prefselect.cli import main; "
                    "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; main(sys.argv[1:]); "
                    "print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 
 import pandas as pd
@@ -141,3 +142,23 @@ def completion_tokens(folder: str, pairs: pd.DataFrame) -> pd.DataFrame:
     prompt = pairs["prompt"].map(lambda text: len(tokenizer(text)["input_ids"]))
     return pd.DataFrame({key: (pairs["prompt"] + pairs[key] + tokenizer.eos_token).map(
         lambda text: len(tokenizer(text)["input_ids"])) - prompt for key in ("chosen", "rejected")})
+
+
+def config_arg(**keys) -> list[str]:
+    """The `--config` of a step run by hand: config keys as JSON (the schema's defaults for the rest)."""
+    return ["--config", json.dumps(keys)]
+
+
+def dpo_settings(**changes):
+    """A warm-up's DPO settings with the schema's defaults, but for `changes`."""
+    from prefselect import settings
+    from prefselect.training import DPOSettings
+
+    return DPOSettings.of(settings.load(None, "train", "warmup"), "warmup", **changes)
+
+
+def influence_settings(**changes):
+    from prefselect import settings
+    from prefselect.influence import InfluenceSettings
+
+    return InfluenceSettings.of(settings.load(None, "influence"), **changes)

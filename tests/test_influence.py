@@ -10,12 +10,13 @@ from prefselect.agreement import agreement, agreement_figure, agreement_markdown
 from prefselect.config import ConfigError, validate
 from prefselect.groups import curves_figure, group_report, groups_markdown, influence_groups
 from prefselect.influence import (
-    InfluenceSettings, differentiable_model, influence, join_influence, load_val_grad, pair_batches, pair_loss_fn,
+    differentiable_model, influence, join_influence, load_val_grad, pair_batches, pair_loss_fn,
     per_pair_gradients, project, projection_kernel, save_val_grad, selected_parameters, validation_gradient,
 )
 from prefselect.logps import pair_logps
 from prefselect.models import load_model, load_tokenizer
-from prefselect.training import DPOSettings, build_trainer, with_ref_logps
+from prefselect.training import build_trainer, with_ref_logps
+from conftest import dpo_settings, influence_settings
 
 
 @pytest.fixture
@@ -39,9 +40,9 @@ def all_pair_gradients(model_path, pairs, ref, settings) -> dict[str, torch.Tens
 @pytest.mark.parametrize("loss_type", ["sigmoid", "hinge"])
 def test_per_pair_gradients_equal_a_loop_of_autograd_over_trl_training_loss(tiny_lm, pairs, ref, loss_type, tmp_path):
     pairs = pairs[:8]  # TRL's loss takes ~0.2 s a call on CPU
-    settings = InfluenceSettings(loss_type=loss_type, batch_size=3)
+    settings = influence_settings(loss_type=loss_type, batch_size=3)
     batched = all_pair_gradients(tiny_lm, pairs, ref, settings)
-    trainer = build_trainer(tiny_lm, with_ref_logps(pairs, ref), DPOSettings(loss_type=loss_type), str(tmp_path))
+    trainer = build_trainer(tiny_lm, with_ref_logps(pairs, ref), dpo_settings(loss_type=loss_type), str(tmp_path))
     model = trainer.model.eval()
     params = dict(model.named_parameters())
     assert set(params) == set(batched)
@@ -55,8 +56,8 @@ def test_a_parameter_subset_is_a_restriction_and_a_pattern_must_match(tiny_lm, p
     model = load_model(tiny_lm)
     mlp = selected_parameters(model, ["transformer.h.*.mlp.*"])
     assert mlp and all(".mlp." in name for name in mlp)
-    subset = all_pair_gradients(tiny_lm, pairs[:6], ref, InfluenceSettings(params=["transformer.h.*.mlp.*"]))
-    full = all_pair_gradients(tiny_lm, pairs[:6], ref, InfluenceSettings())
+    subset = all_pair_gradients(tiny_lm, pairs[:6], ref, influence_settings(params=["transformer.h.*.mlp.*"]))
+    full = all_pair_gradients(tiny_lm, pairs[:6], ref, influence_settings())
     for name, g in subset.items():
         torch.testing.assert_close(g, full[name])
     with pytest.raises(ValueError, match="influence.params: 'lm_head.\\*' matches no parameter"):
@@ -71,7 +72,7 @@ def mean_loss(model, params, pairs, ref, tokenizer, settings) -> float:
 
 def test_one_sgd_step_on_a_pair_changes_the_validation_loss_by_minus_lr_times_its_influence(tiny_lm, pairs, ref):
     tokenizer = load_tokenizer(tiny_lm)
-    settings = InfluenceSettings(batch_size=8)
+    settings = influence_settings(batch_size=8)
     model = differentiable_model(load_model(tiny_lm)).double()  # float64: the finite difference stays exact enough
     val, train = pairs[:8], pairs[8:16]
     val_grad = validation_gradient(model, val, ref, tokenizer, settings)
@@ -120,8 +121,8 @@ def test_projection_preserves_inner_products_in_expectation():
 
 def test_projected_influence_is_the_inner_product_of_projected_gradients(tiny_lm, pairs, ref):
     tokenizer = load_tokenizer(tiny_lm)
-    exact = InfluenceSettings(params=["transformer.h.0.*"])
-    projected = InfluenceSettings(params=["transformer.h.0.*"], projection_dim=16, seed=5)
+    exact = influence_settings(params=["transformer.h.0.*"])
+    projected = influence_settings(params=["transformer.h.0.*"], projection_dim=16, seed=5)
     model = load_model(tiny_lm)
     val_grad = validation_gradient(model, pairs[:8], ref, tokenizer, exact)
     scores = influence(model, pairs[8:14], ref, tokenizer, val_grad, projected)["influence"].to_numpy()
@@ -131,12 +132,12 @@ def test_projected_influence_is_the_inner_product_of_projected_gradients(tiny_lm
 
 
 def test_val_grad_file_round_trips_and_refuses_other_loss_settings(tmp_path):
-    settings = InfluenceSettings(beta=0.1)
+    settings = influence_settings(beta=0.1)
     val_grad = {"w": torch.arange(6.0).reshape(2, 3)}
     save_val_grad(val_grad, tmp_path / "g.safetensors", settings)
     torch.testing.assert_close(load_val_grad(str(tmp_path / "g.safetensors"), settings)["w"], val_grad["w"])
     with pytest.raises(ValueError, match="recompute it"):
-        load_val_grad(str(tmp_path / "g.safetensors"), InfluenceSettings(beta=0.2))
+        load_val_grad(str(tmp_path / "g.safetensors"), influence_settings(beta=0.2))
 
 
 def test_join_influence_needs_every_scored_pair():

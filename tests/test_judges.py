@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from conftest import build_tiny_lm
+from conftest import build_tiny_lm, config_arg
 from prefselect import judges
 from prefselect.cli import main
 from prefselect.evaluation import win_rate, win_rates
@@ -145,7 +145,7 @@ def test_evaluate_step_reports_malformed_answers_and_never_the_key(endpoint, llm
     replies = iter([503])  # a retry, so that something is logged
     endpoint.reply = lambda prompt, a, b: next(replies, None) or prefer_good(prompt, a, b)
     caplog.set_level("DEBUG")
-    main(write_evaluation_inputs(tmp_path) + ["--judge", json.dumps(llm)])
+    main(write_evaluation_inputs(tmp_path) + config_arg(evaluation={"judge": llm}))
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["selectors"]["m"]["win_rate"] == 0.75  # wins on p0, a tie on the malformed prompt
     assert results["selectors"]["m"]["malformed"] == 2

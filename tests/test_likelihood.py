@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import loop_logps, make_pairs
+from conftest import config_arg, loop_logps, make_pairs
 from prefselect.cli import main
 from prefselect.config import ConfigError, validate
 from prefselect.evaluation import likelihood_win_rates
@@ -72,7 +72,7 @@ def test_evaluate_step_with_the_likelihood_judge(tmp_path, heldout, logps):
     logps["sft"].iloc[half:].to_parquet(tmp_path / "ref-1.parquet")
     main(["evaluate", "--names", "sel", "--selections", str(tmp_path / "selection.parquet"),
           "--samples", str(paths["trained"]), "--opponent", str(tmp_path / "ref-0.parquet"),
-          str(tmp_path / "ref-1.parquet"), "--data", str(tmp_path / "train.parquet"), "--judge", "likelihood",
+          str(tmp_path / "ref-1.parquet"), "--data", str(tmp_path / "train.parquet"), *config_arg(evaluation={"judge": "likelihood"}),
           "--out-json", str(tmp_path / "results.json"), "--out-md", str(tmp_path / "results.md")])
     results = json.loads((tmp_path / "results.json").read_text())
     expected = likelihood_win_rates({"sel": logps["trained"]}, logps["sft"])["sel"]

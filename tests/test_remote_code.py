@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import build_tiny_lm, make_pairs
+from conftest import build_tiny_lm, config_arg, make_pairs
 from prefselect.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,26 +56,30 @@ def files(tmp_path_factory):
     return folder
 
 
+POLICY_CODE = '"model": {"trust_remote_code": true}'
+
+
 def step_argv(step: str, model: str, files: Path, out: Path) -> list[str]:
     data, ref = str(files / "pairs.parquet"), str(files / "ref.parquet")
     return {
         "logps": ["logps", "--model", model, "--data", data, "--out", str(out / "logps.parquet")],
-        "train": ["train", "--model", model, "--data", data, "--ref", ref, "--batch-size", "4", "--epochs", "0.5",
-                  "--out", str(out / "model")],
+        "train": ["train", "--model", model, "--data", data, "--ref", ref, "--out", str(out / "model")],
         "score": ["score", "--warmup", model, "--aux", model, "--data", data, "--ref", ref,
                   "--out", str(out / "scores.parquet")],
-        "sample": ["sample", "--model", model, "--prompts", str(files / "prompts.jsonl"), "--samples", "1",
-                   "--max-new-tokens", "3", "--out", str(out / "samples.parquet")],
+        "sample": ["sample", "--model", model, "--prompts", str(files / "prompts.jsonl"),
+                   "--out", str(out / "samples.parquet")],
     }[step]
 
 
 @pytest.mark.parametrize("step", ["logps", "train", "score", "sample"])
 def test_each_model_step_loads_remote_code_only_with_the_flag(step, remote_lm, files, tmp_path, capsys):
     argv = step_argv(step, remote_lm, files, tmp_path)
+    small = {"train": {"training": {"batch_size": 4, "warmup_epochs": 0.5}},
+             "sample": {"evaluation": {"samples": 1, "max_new_tokens": 3}}}.get(step, {})
     with pytest.raises(SystemExit):
-        main(argv)
+        main([*argv, *config_arg(**small)])
     assert "contains custom code" in capsys.readouterr().err
-    main([*argv, "--trust-remote-code"])
+    main([*argv, *config_arg(**small, model={"trust_remote_code": True})])
     assert any(tmp_path.iterdir())
 
 
@@ -105,16 +109,17 @@ def test_the_workflow_hands_every_model_step_its_flag_and_the_judge_and_reward_m
     assert set(MODEL_STEPS) <= steps.keys()
     for step in MODEL_STEPS:
         for line in steps[step]:
-            assert "--trust-remote-code" in line, line
+            assert POLICY_CODE in line, line
     (judge,) = steps["evaluate"]
     assert '"trust_remote_code": true' in judge and '"model": "org/judge"' in judge
     (external,) = steps["external-score"]
     assert '"trust_remote_code": true' in external and '"reward_model": "org/rm"' in external
-    # Only theirs: the policy's flag does not reach the judge or the reward model.
-    assert "--trust-remote-code" not in judge and "--trust-remote-code" not in external
+    # Only theirs: the policy's setting does not reach the judge (external-score reads it for the SFT model's
+    # tokenizer, which alignment_potential needs, never for the reward model).
+    assert '"model": {"trust_remote_code"' not in judge
     config["model"]["trust_remote_code"] = False
     config["selectors"]["rm"]["trust_remote_code"] = False
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     plan = subprocess.run(command, capture_output=True, text=True)
     assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
-    assert "--trust-remote-code" not in plan.stdout and '"trust_remote_code": false' in plan.stdout
+    assert POLICY_CODE not in plan.stdout and '"model": {"trust_remote_code": false}' in plan.stdout

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_pairs
+from conftest import dpo_settings, make_pairs
 
 from prefselect import provenance
 from prefselect.logps import (
@@ -14,7 +14,7 @@ from prefselect.logps import (
 )
 from prefselect.models import load_model, load_tokenizer
 from prefselect.scoring import implicit_reward_margin, merge_shards, pair_loss, score_table, shard_rows
-from prefselect.training import DPOSettings, build_trainer, with_ref_logps
+from prefselect.training import build_trainer, with_ref_logps
 
 
 def loop_logps(model, tokenized) -> tuple[list[float], list[float]]:
@@ -62,7 +62,7 @@ def test_pair_logps_agree_with_trl(tiny_lm, pairs, max_length, layout, tmp_path)
     pairs = pairs[[len(tokenizer(p)["input_ids"]) < max_length for p in pairs["prompt"]]]
     ours = layout_logps(tiny_lm, layout, pairs, max_length, batch_size=3)
     ref = ours.assign(chosen_logp=0.0, rejected_logp=0.0)
-    settings = DPOSettings(batch_size=8, max_length=max_length)
+    settings = dpo_settings(batch_size=8, max_length=max_length)
     trainer = build_trainer(tiny_lm, with_ref_logps(pairs, ref), settings, str(tmp_path))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))])
     chosen, rejected = trainer.compute_ref_log_probs(trainer.model, batch)
@@ -102,7 +102,7 @@ def test_margin_and_loss_equal_trl_evaluation(tiny_lm, tiny_lm_other, pairs, los
     warm = pair_logps(load_model(tiny_lm_other), pairs, load_tokenizer(tiny_lm_other), 64)
     ours = score_table(ref, warm, warm, beta=0.1, loss_type=loss_type)
     dataset = with_ref_logps(pairs, ref)
-    settings = DPOSettings(batch_size=len(pairs), loss_type=loss_type)
+    settings = dpo_settings(batch_size=len(pairs), loss_type=loss_type)
     metrics = build_trainer(tiny_lm_other, dataset, settings, str(tmp_path)).evaluate(dataset)
     assert metrics["eval_loss"] == pytest.approx(ours["loss"].mean(), abs=1e-4)
     assert metrics["eval_rewards/margins"] == pytest.approx(ours["irm"].mean(), abs=1e-4)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import build_tiny_lm, make_pairs
+from conftest import build_tiny_lm, config_arg, make_pairs
 
 from prefselect import provenance
 from prefselect.cli import main
@@ -26,14 +26,17 @@ def test_shards_cover_every_row_once_in_order(n_rows, shards):
     assert rows == list(range(n_rows))
 
 
+BATCH_4 = config_arg(scoring={"batch_size": 4})
+
+
 def shard_scores(tmp_path, data, sft, warmup, aux, shards: int) -> list[str]:
     """Reference log-probs and scores of every shard through the `logps` and `score` steps."""
     parts = []
     for shard in range(shards):
         ref, scores = tmp_path / f"ref-{shard}-of-{shards}.parquet", tmp_path / f"scores-{shard}-of-{shards}.parquet"
-        main(["logps", "--model", sft, "--data", str(data), "--shard", str(shard), "--shards", str(shards),
-              "--batch-size", "4", "--out", str(ref)])
-        main(["score", "--warmup", warmup, "--aux", aux, "--data", str(data), "--ref", str(ref), "--batch-size", "4",
+        main(["logps", *BATCH_4, "--model", sft, "--data", str(data), "--shard", str(shard), "--shards", str(shards),
+              "--out", str(ref)])
+        main(["score", *BATCH_4, "--warmup", warmup, "--aux", aux, "--data", str(data), "--ref", str(ref),
               "--out", str(scores)])
         parts.append(str(scores))
     return parts
@@ -57,8 +60,8 @@ def selections(tmp_path, scores: Path, data: Path) -> dict[str, Path]:
     paths = {}
     for name, spec in SELECTORS.items():
         paths[name] = tmp_path / f"{name}-{scores.stem}.parquet"
-        main(["select", "--name", name, "--spec", json.dumps(spec), "--scores", str(scores), "--data", str(data),
-              "--seed", "3", "--out", str(paths[name])])
+        main(["select", "--selector", name, *config_arg(seed=3, selectors={name: spec}), "--scores", str(scores),
+              "--data", str(data), "--out", str(paths[name])])
     return paths
 
 
@@ -82,7 +85,7 @@ def test_scores_and_selections_are_the_same_for_one_and_several_shards(tmp_path,
     assert all(0 < s["selected"].mean() < 1 for s in chosen.values())
     record = provenance.read(tmp_path / f"lossdiff_irm-{one.stem}.parquet")
     assert record["inputs"]["scores"] == provenance.read(one)["fingerprint"]
-    assert record["config"]["spec"] == SELECTORS["lossdiff_irm"] and record["config"]["seed"] == 3
+    assert record["config"]["spec"] == {**SELECTORS["lossdiff_irm"], "kind": "bands"} and record["config"]["seed"] == 3
 
 
 def test_merge_refuses_shards_of_different_models(tmp_path, tiny_lm, tiny_lm_other, capsys):
@@ -121,7 +124,7 @@ def test_a_shard_killed_mid_way_leaves_nothing_and_its_rerun_merges_to_the_same_
     killed = tmp_path / "out" / "1-of-2.parquet"
     killed.parent.mkdir()
     command = [sys.executable, "-m", "prefselect", "--threads", "1", "score", "--warmup", tiny_lm_other, "--aux",
-               tiny_lm, "--data", str(data), "--ref", str(tmp_path / "ref-1-of-2.parquet"), "--batch-size", "4",
+               tiny_lm, "--data", str(data), "--ref", str(tmp_path / "ref-1-of-2.parquet"), *BATCH_4,
                "--out", str(killed)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONPATH": str(REPO / "workflow")})
@@ -133,7 +136,7 @@ def test_a_shard_killed_mid_way_leaves_nothing_and_its_rerun_merges_to_the_same_
     assert process.wait() == -signal.SIGKILL
     assert list(killed.parent.iterdir()) == []  # no partial file, under its name or a temporary one
     main(["score", "--warmup", tiny_lm_other, "--aux", tiny_lm, "--data", str(data), "--ref",
-          str(tmp_path / "ref-1-of-2.parquet"), "--batch-size", "4", "--out", str(killed)])
+          str(tmp_path / "ref-1-of-2.parquet"), *BATCH_4, "--out", str(killed)])
     merged = {}
     for name, parts in (("uninterrupted", shards), ("rerun", [shards[0], str(killed)])):
         merged[name] = tmp_path / f"{name}.parquet"

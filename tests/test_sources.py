@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from conftest import SENTENCES, build_tiny_lm, one_torch_thread
+from conftest import SENTENCES, build_tiny_lm, config_arg, one_torch_thread
 from prefselect.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,18 +140,20 @@ def arguments(world: dict, model: str, data: str, fmt: str) -> tuple[str, list[s
     model_arg = MODEL_ID if model == "hub" else world["model"]
     if data == "hub":
         data_id = f"{DATA_ID}-{fmt}"
-        data_args = ["--source", data_id, "--split", SPLITS["train"], "--validation", data_id,
-                     "--validation-split", SPLITS["val"]]
+        data_args = ["--source", data_id, "--validation", data_id,
+                     *config_arg(data={"split": SPLITS["train"], "validation_split": SPLITS["val"], "max_length": MAX_LENGTH})]
     else:
-        data_args = ["--source", world["files"][fmt, data, "train"], "--validation", world["files"][fmt, data, "val"]]
+        data_args = ["--source", world["files"][fmt, data, "train"], "--validation", world["files"][fmt, data, "val"],
+                     *config_arg(data={"max_length": MAX_LENGTH})]
     return model_arg, data_args
 
 
 def prepare_and_score(out: Path, model: str, data_args: list[str], run=main) -> None:
-    run(["prepare", *data_args, "--tokenizer", model, "--max-length", str(MAX_LENGTH), "--out", str(out / "data")])
+    run(["prepare", *data_args, "--tokenizer", model, "--out", str(out / "data")])
     for split in ("train", "val"):
-        run(["logps", "--model", model, "--data", str(out / "data" / f"{split}.parquet"), "--max-length",
-             str(MAX_LENGTH), "--batch-size", "8", "--out", str(out / f"logps-{split}.parquet")])
+        run(["logps", "--model", model, "--data", str(out / "data" / f"{split}.parquet"),
+             *config_arg(data={"max_length": MAX_LENGTH}, scoring={"batch_size": 8}),
+             "--out", str(out / f"logps-{split}.parquet")])
 
 
 def outputs(out: Path) -> dict:
@@ -213,8 +215,8 @@ def error_of(argv: list[str], capsys) -> str:
 
 def test_a_split_of_the_source_cannot_be_its_validation(world, offline_hub, tmp_path, capsys):
     data_id = f"{DATA_ID}-standard"
-    argv = ["prepare", "--source", data_id, "--split", "train_prefs", "--validation", data_id, "--validation-split",
-            "train_prefs", "--tokenizer", MODEL_ID, "--out", str(tmp_path)]
+    argv = ["prepare", "--source", data_id, "--validation", data_id, "--tokenizer", MODEL_ID, "--out", str(tmp_path),
+            *config_arg(data={"split": "train_prefs", "validation_split": "train_prefs"})]
     assert f"validation is the same as source ('{data_id}:train_prefs')" in error_of(argv, capsys)
 
 

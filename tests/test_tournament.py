@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import build_tiny_lm, loop_logps, make_pairs
+from conftest import build_tiny_lm, config_arg, loop_logps, make_pairs
 from prefselect.cli import main
 from prefselect.config import ConfigError, validate
 from prefselect.selection import select
@@ -95,15 +95,18 @@ def candidates(tmp_path_factory):
     for name, n_kept in (("a", 5), ("b", 10), ("c", 7)):
         pd.DataFrame({"id": train["id"], "selected": np.arange(10) < n_kept}).to_parquet(root / f"sel-{name}.parquet")
     for name, folder in models.items():  # the workflow's own log-prob step
-        main(["logps", "--model", folder, "--data", str(root / "dev.parquet"), "--max-length", str(MAX_LENGTH),
-              "--batch-size", "7", "--out", str(root / f"logps-{name}.parquet")])
+        main(["logps", "--model", folder, "--data", str(root / "dev.parquet"),
+              *config_arg(data={"max_length": MAX_LENGTH}, scoring={"batch_size": 7}),
+              "--out", str(root / f"logps-{name}.parquet")])
     return root, models, dev
 
 
 def run_tournament(root, criterion: str) -> dict:
     main(["tournament", "--names", "a", "b", "c", "--logps", *(str(root / f"logps-{n}.parquet") for n in "abc"),
           "--ref", str(root / "logps-sft.parquet"), "--selections", *(str(root / f"sel-{n}.parquet") for n in "abc"),
-          "--beta", str(BETA), "--criterion", criterion, "--out-selection", str(root / "auto.parquet"),
+          "--selector", "auto", "--out-selection", str(root / "auto.parquet"),
+          *config_arg(method={"beta": BETA}, selectors={"auto": {"kind": "auto", "candidates": list("abc"),
+                                                                  "criterion": criterion}}),
           "--out-choice", str(root / "choice.json")])
     return json.loads((root / "choice.json").read_text())
 

@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import completion_tokens, loop_logps, make_pairs, one_torch_thread
+from conftest import completion_tokens, config_arg, dpo_settings, loop_logps, make_pairs, one_torch_thread
 from datasets import Dataset
 from transformers import TrainerCallback
 
 from prefselect.logps import pair_logps
 from prefselect.models import load_model, load_tokenizer
 from prefselect.cli import main
-from prefselect.training import (DPOSettings, build_trainer, last_checkpoint, run_key, stable_share, train_dpo,
+from prefselect.training import (build_trainer, last_checkpoint, run_key, stable_share, train_dpo,
                                  with_ref_logps)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def ref(tiny_lm, pairs):
 
 
 def test_no_reference_forward_runs_during_training(tiny_lm, pairs, ref, tmp_path):
-    settings = DPOSettings(batch_size=8, epochs=2)
+    settings = dpo_settings(batch_size=8, epochs=2)
     trainer = build_trainer(tiny_lm, with_ref_logps(pairs, ref), settings, str(tmp_path))
     forwards = []
     trainer.model.register_forward_hook(lambda module, args, output: forwards.append(1))
@@ -46,7 +46,7 @@ def test_no_reference_forward_runs_during_training(tiny_lm, pairs, ref, tmp_path
 def test_gradient_accumulation_makes_the_same_steps_as_whole_batches(tiny_lm, pairs, ref, tmp_path):
     """A batch of 8 pairs in forward passes of 2 (4 accumulation steps, with gradient checkpointing) gives the same
     optimizer steps and weights as passes of 8: the memory settings change nothing that is learned."""
-    whole = DPOSettings(batch_size=8, epochs=1, learning_rate=1e-3)
+    whole = dpo_settings(batch_size=8, epochs=1, learning_rate=1e-3)
     split = replace(whole, micro_batch_size=2, gradient_checkpointing=True)
     trained = {}
     for name, settings in (("whole", whole), ("split", split)):
@@ -68,7 +68,7 @@ def test_the_robust_and_ipo_losses_are_trls_on_our_reference_log_probs(tiny_lm, 
     policy = loop_logps(tiny_lm, pairs, 64)
     shift = np.linspace(-3, 3, len(pairs))  # a reference other than the policy, so that h is not 0
     ref = policy.assign(chosen_logp=policy["chosen_logp"] + shift, rejected_logp=policy["rejected_logp"] - shift / 2)
-    settings = DPOSettings(batch_size=len(pairs), loss_type=loss_type, label_smoothing=label_smoothing, beta=0.5)
+    settings = dpo_settings(batch_size=len(pairs), loss_type=loss_type, label_smoothing=label_smoothing, beta=0.5)
     trainer = build_trainer(tiny_lm, with_ref_logps(pairs, ref), settings, str(tmp_path))
     trainer.model.eval()  # no dropout: the loop's forward passes are deterministic
     with torch.no_grad():
@@ -95,8 +95,9 @@ def test_a_warmup_on_a_fraction_trains_on_exactly_its_stable_share(tiny_lm, tmp_
     pairs.to_parquet(tmp_path / "pairs.parquet")
     ref.to_parquet(tmp_path / "ref.parquet")
     main(["train", "--model", tiny_lm, "--data", str(tmp_path / "pairs.parquet"), "--ref", str(tmp_path / "ref.parquet"),
-          "--fraction", "0.5", "--seed", "3", "--batch-size", "2", "--max-length", "48", "--out", str(tmp_path / "share")])
-    train_dpo(tiny_lm, share, ref, str(tmp_path / "direct"), DPOSettings(batch_size=2, max_length=48, seed=3))
+          *config_arg(seed=3, training={"warmup_fraction": 0.5, "batch_size": 2}, data={"max_length": 48}),
+          "--out", str(tmp_path / "share")])
+    train_dpo(tiny_lm, share, ref, str(tmp_path / "direct"), dpo_settings(batch_size=2, max_length=48, seed=3))
     steps = [json.loads((tmp_path / name / "training_log.json").read_text())[-1]["step"] for name in ("share", "direct")]
     assert steps == [-(-len(share) // 2)] * 2  # one step per batch of 2, the last one maybe short
     trained = {name: load_model(str(tmp_path / name)).state_dict() for name in ("share", "direct")}
@@ -108,19 +109,19 @@ def test_a_warmup_on_a_fraction_trains_on_exactly_its_stable_share(tiny_lm, tmp_
 
 def test_label_smoothing_belongs_to_the_robust_loss():
     with pytest.raises(ValueError, match="label_smoothing 0.1: only the robust loss"):
-        DPOSettings(loss_type="sigmoid", label_smoothing=0.1)
+        dpo_settings(loss_type="sigmoid", label_smoothing=0.1)
 
 
 def test_missing_reference_log_probs_are_an_error(tiny_lm, pairs, tmp_path):
     dataset = Dataset.from_pandas(pairs[["prompt", "chosen", "rejected"]], preserve_index=False)
     with pytest.raises(ValueError, match="precomputed reference log-probs"):
-        build_trainer(tiny_lm, dataset, DPOSettings(), str(tmp_path))
+        build_trainer(tiny_lm, dataset, dpo_settings(), str(tmp_path))
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "hinge"])
 def test_train_saves_a_loadable_model_that_learned(tiny_lm, pairs, ref, tmp_path, loss_type):
     out = tmp_path / "model"
-    settings = DPOSettings(batch_size=8, epochs=3, learning_rate=1e-3, loss_type=loss_type)
+    settings = dpo_settings(batch_size=8, epochs=3, learning_rate=1e-3, loss_type=loss_type)
     history = train_dpo(tiny_lm, pairs, ref, str(out), settings)
     model = load_model(str(out))
     after = pair_logps(model, pairs, load_tokenizer(str(out)), 64)
@@ -137,7 +138,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint_and_ends_as_an_unint
     ref = pd.DataFrame({"id": pairs["id"], "chosen_logp": logps, "rejected_logp": logps - 1})
     pairs.to_parquet(tmp_path / "pairs.parquet")
     ref.to_parquet(tmp_path / "ref.parquet")
-    settings = DPOSettings(batch_size=2, epochs=2, max_length=48)
+    settings = dpo_settings(batch_size=2, epochs=2, max_length=48)
     steps = 2 * 48 // 2
     with one_torch_thread():  # as the command below
         train_dpo(tiny_lm, pairs, ref, str(tmp_path / "uninterrupted"), settings)
@@ -145,8 +146,9 @@ def test_a_killed_training_resumes_from_its_last_checkpoint_and_ends_as_an_unint
     out, checkpoints = tmp_path / "models" / "warmup", tmp_path / "checkpoints" / "warmup"
     command = [
         sys.executable, "-m", "prefselect", "--threads", "1", "train", "--model", tiny_lm,
-        "--data", str(tmp_path / "pairs.parquet"), "--ref", str(tmp_path / "ref.parquet"), "--batch-size", "2",
-        "--epochs", "2", "--max-length", "48", "--save-steps", "5", "--checkpoint-dir", str(checkpoints),
+        "--data", str(tmp_path / "pairs.parquet"), "--ref", str(tmp_path / "ref.parquet"),
+        *config_arg(training={"batch_size": 2, "warmup_epochs": 2, "save_steps": 5}, data={"max_length": 48}),
+        "--checkpoint-dir", str(checkpoints),
         "--out", str(out),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
@@ -207,7 +209,7 @@ def other_settings(pairs, ref, settings):
 def test_checkpoints_of_a_run_with_other_inputs_or_settings_are_not_resumed(tiny_lm, pairs, ref, tmp_path, capsys,
                                                                              change):
     checkpoints = tmp_path / "checkpoints"
-    before = DPOSettings(batch_size=8, epochs=2, save_steps=3, learning_rate=1e-3)
+    before = dpo_settings(batch_size=8, epochs=2, save_steps=3, learning_rate=1e-3)
     stale = checkpoints / f"run-{run_key(tiny_lm, pairs, ref, before, None, None)}"
     trainer = build_trainer(tiny_lm, with_ref_logps(pairs, ref), before, str(stale))
     trainer.add_callback(StopAfter(3))

@@ -208,7 +208,8 @@ def test_screening_trains_short_candidate_runs_and_only_the_winner_in_full(tmp_p
     assert planned["heldout_logps"] == len(CANDIDATES)
     for name in CANDIDATES:
         assert f"--out results/models/screen-{name}" in plan
-    assert plan.count("--epochs 0.25") == len(CANDIDATES)
+    screens = [line for line in plan.splitlines() if "train --stage screen" in line]
+    assert len(screens) == len(CANDIDATES) and all('"screen_epochs": 0.25' in line for line in screens)
     assert "models/final-aux_irm_top50" not in plan
 
 

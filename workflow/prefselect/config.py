@@ -65,13 +65,20 @@ def _check_schema(instance, schema: dict, at: tuple = ()) -> None:
         raise ConfigError("\n".join(f"config key {_key([*at, *e.absolute_path])}: {e.message}" for e in errors))
 
 
-def validate(config: dict) -> dict:
-    """Return a validated copy of `config` with defaults filled in; raise ConfigError naming the bad key."""
+def fill_defaults(config: dict) -> dict:
+    """A copy of `config` (a whole workflow config or any part of one) checked against the schema, with every
+    default filled in and the auto selector's grid expanded; the checks across keys are `validate`'s."""
     config = copy.deepcopy(config)
     if isinstance(config.get("evaluation"), dict) and "judge" in config["evaluation"]:
         config["evaluation"]["judge"] = judge_settings(config["evaluation"]["judge"])
     _check_schema(config, _schema())
     _expand_grid(config["selectors"])
+    return config
+
+
+def validate(config: dict) -> dict:
+    """Return a validated copy of `config` with defaults filled in; raise ConfigError naming the bad key."""
+    config = fill_defaults(config)
     _check_selectors(config["selectors"])
     _check_sources(config)
     _check_opponent(config)

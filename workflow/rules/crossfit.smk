@@ -25,13 +25,12 @@ rule crossfit_warmup:
         **job_resources("training"),
     params:
         model=input_or("sft", SFT),
-        flags=dpo_flags(TRAINING["warmup_epochs"]),
+        config=settings("train", "crossfit"),
         checkpoints=checkpoint_dir("xfit-{fold}"),
-        folds=FOLDS,
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --model {params.model} --data {input.data} "
-        "--ref {input.ref} --holdout-fold {wildcards.fold} --folds {params.folds} {params.flags} "
-        "--checkpoint-dir {params.checkpoints} --out {output} > {log} 2>&1"
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --stage crossfit "
+        "--holdout-fold {wildcards.fold} --config {params.config} --model {params.model} --data {input.data} "
+        "--ref {input.ref} --checkpoint-dir {params.checkpoints} --out {output} > {log} 2>&1"
 
 
 rule crossfit_score:
@@ -49,15 +48,11 @@ rule crossfit_score:
     resources:
         **job_resources("scoring"),
     params:
-        options=(
-            f"--beta {config['method']['beta']} --loss-type {config['method']['loss_type']} "
-            f"--seed {config['seed']} " + LOGPS_OPTIONS
-        ),
-        folds=FOLDS,
+        config=settings("crossfit-score"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} crossfit-score --model {input.model} "
-        "--data {input.data} --ref {input.ref} --fold {wildcards.fold} --folds {params.folds} {params.options} "
-        "--out {output} > {log} 2>&1"
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} crossfit-score --config {params.config} "
+        "--model {input.model} --data {input.data} --ref {input.ref} --fold {wildcards.fold} --out {output} "
+        "> {log} 2>&1"
 
 
 rule join_crossfit:

@@ -32,19 +32,16 @@ rule prepare:
             if DATA["validation"]
             else ""
         ),
+        # Dev pairs: the file given, or a share of the validation pairs where an auto selector chooses on them.
         dev=lambda wildcards, input: (
-            f"--dev {input.dev or DATA['dev']} --dev-split {shlex.quote(DATA['dev_split'])}"
+            f"--dev {input.dev or DATA['dev']}"
             if DATA["dev"]
-            else f"--dev-fraction {DATA['dev_fraction'] if AUTO else 0}"
+            else ("--hold-out-dev" if AUTO else "")
         ),
-        options=(
-            f"--split {shlex.quote(DATA['split'])} --validation-split {shlex.quote(DATA['validation_split'])} "
-            f"--max-length {DATA['max_length']} --val-fraction {DATA['val_fraction']} --test-fraction {DATA['test_fraction']} "
-            f"--min-rows {DATA['min_rows']} --seed {config['seed']} {remote_code()}"
-        ),
+        config=settings("prepare"),
     shell:
-        "python -m prefselect prepare --source {params.source} {params.validation} --tokenizer {params.model} "
-        "--out {params.outdir} {params.dev} {params.options} > {log} 2>&1"
+        "python -m prefselect prepare --config {params.config} --source {params.source} {params.validation} "
+        "--tokenizer {params.model} --out {params.outdir} {params.dev} > {log} 2>&1"
 
 
 rule ref_logps:
@@ -64,7 +61,8 @@ rule ref_logps:
         **job_resources("scoring"),
     params:
         model=input_or("sft", SFT),
-        options=LOGPS_OPTIONS,
+        config=settings("logps"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} logps --model {params.model} --data {input.data} "
-        "--shard {wildcards.shard} --shards {wildcards.shards} {params.options} --out {output} > {log} 2>&1"
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} logps --config {params.config} "
+        "--model {params.model} --data {input.data} --shard {wildcards.shard} --shards {wildcards.shards} "
+        "--out {output} > {log} 2>&1"

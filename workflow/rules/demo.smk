@@ -30,9 +30,9 @@ rule demo_tokenizer:
     conda:
         "../../envs/prefselect.yaml"
     params:
-        vocab_size=DEMO["vocab_size"],
+        config=settings("demo-tokenizer"),
     shell:
-        "python -m prefselect demo-tokenizer --snippets {input} --out {output} --vocab-size {params.vocab_size} > {log} 2>&1"
+        "python -m prefselect demo-tokenizer --config {params.config} --snippets {input} --out {output} > {log} 2>&1"
 
 
 rule demo_sft:
@@ -47,12 +47,10 @@ rule demo_sft:
         "../../envs/prefselect.yaml"
     threads: 2
     params:
-        model=" ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO["model"].items()),
-        sft=" ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO["sft"].items()),
-        seed=config["seed"],
+        config=settings("demo-sft"),
     shell:
-        "python -m prefselect --threads {threads} demo-sft --snippets {input.snippets} --tokenizer {input.tokenizer} "
-        "--out {output} {params.model} {params.sft} --seed {params.seed} > {log} 2>&1"
+        "python -m prefselect --threads {threads} demo-sft --config {params.config} --snippets {input.snippets} "
+        "--tokenizer {input.tokenizer} --out {output} > {log} 2>&1"
 
 
 rule demo_pairs:
@@ -71,8 +69,7 @@ rule demo_pairs:
     threads: 2
     params:
         outdir=output_folder("train"),
-        pairs=" ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO["pairs"].items()),
-        seed=config["seed"],
+        config=settings("demo-pairs"),
     shell:
-        "python -m prefselect --threads {threads} demo-pairs --model {input.model} --snippets {input.snippets} "
-        "--out {params.outdir} {params.pairs} --seed {params.seed} > {log} 2>&1"
+        "python -m prefselect --threads {threads} demo-pairs --config {params.config} --model {input.model} "
+        "--snippets {input.snippets} --out {params.outdir} > {log} 2>&1"

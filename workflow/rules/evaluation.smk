@@ -51,13 +51,10 @@ rule sample:
         **job_resources("evaluation"),
     params:
         model=input_or("model", SFT),
-        options=(
-            f"--samples {EVAL['samples']} --max-new-tokens {EVAL['max_new_tokens']} --seed {config['seed']} "
-            f"{remote_code()}"
-        ).strip(),
+        config=settings("sample"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} sample --model {params.model} "
-        "--prompts {input.prompts} {params.options} --out {output} > {log} 2>&1"
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} sample --config {params.config} "
+        "--model {params.model} --prompts {input.prompts} --out {output} > {log} 2>&1"
 
 
 rule heldout_logps:
@@ -79,10 +76,10 @@ rule heldout_logps:
     resources:
         **job_resources("scoring"),
     params:
-        options=LOGPS_OPTIONS,
+        config=settings("logps"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} logps --model {input.model} --data {input.data} "
-        "{params.options} --out {output} > {log} 2>&1"
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} logps --config {params.config} "
+        "--model {input.model} --data {input.data} --out {output} > {log} 2>&1"
 
 
 rule evaluate:
@@ -104,15 +101,15 @@ rule evaluate:
         **(job_resources("evaluation") if JUDGE_MODEL else {"gpu": 0}),
     params:
         names=FINALS,
-        judge=shlex.quote(json.dumps(EVAL["judge"])),
-        opponent=EVAL["opponent"],
+        config=settings("evaluate"),
         prompts=lambda wildcards, input: (
             f"--prompts {input.prompts}" if input.prompts else ""
         ),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} evaluate --names {params.names} --selections {input.selections} --samples {input.samples} "
-        "--opponent {input.opponent} --opponent-name {params.opponent} {params.prompts} --data {input.data} "
-        "--judge {params.judge} --out-json {output.json} --out-md {output.md} > {log} 2>&1"
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} evaluate --config {params.config} "
+        "--names {params.names} --selections {input.selections} --samples {input.samples} "
+        "--opponent {input.opponent} {params.prompts} --data {input.data} --out-json {output.json} "
+        "--out-md {output.md} > {log} 2>&1"
 
 
 rule diagnose:
@@ -173,12 +170,12 @@ rule plots:
     conda:
         "../../envs/prefselect.yaml"
     params:
-        bands=drawn_bands(),
+        config=settings("plots"),
         logs=lambda wildcards, input: [
             f"{s}={m}/training_log.json" for s, m in zip(STAGES, input.models)
         ],
         outdir=output_folder("scores"),
     shell:
-        "python -m prefselect plots --scores {input.scores} --data {input.data} --bands {params.bands} "
+        "python -m prefselect plots --config {params.config} --scores {input.scores} --data {input.data} "
         "--training-logs {params.logs} --results {input.results} --data-report {input.data_report} "
         "--out {params.outdir} > {log} 2>&1"

@@ -3,15 +3,6 @@
 INFLUENCE = config["influence"]
 INFLUENCE_SHARDS = INFLUENCE["shards"]
 IF_GROUPS = ["small", "medium", "large"]
-INFLUENCE_OPTIONS = (
-    f"--beta {config['method']['beta']} --loss-type {config['method']['loss_type']} "
-    f"--max-length {DATA['max_length']} --batch-size {INFLUENCE['batch_size']} {remote_code()}"
-    + (
-        f" --params {' '.join(shlex.quote(p) for p in INFLUENCE['params'])}"
-        if INFLUENCE["params"]
-        else ""
-    )
-)
 
 # Job seconds of the forward-only proxies (θ_val, then scores) and of influence, for the agreement report.
 BENCHMARKS = {
@@ -67,10 +58,10 @@ rule val_grad:
     resources:
         **job_resources("scoring"),
     params:
-        options=INFLUENCE_OPTIONS,
+        config=settings("val-grad"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} val-grad --model {input.warmup} "
-        "--data {input.data} --ref {input.ref} {params.options} --out {output} > {log} 2>&1"
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} val-grad --config {params.config} "
+        "--model {input.warmup} --data {input.data} --ref {input.ref} --out {output} > {log} 2>&1"
 
 
 rule influence:
@@ -91,17 +82,11 @@ rule influence:
     resources:
         **job_resources("scoring"),
     params:
-        options=INFLUENCE_OPTIONS,
-        projection=(
-            f"--projection-dim {INFLUENCE['projection_dim']} --seed {config['seed']}"
-            if INFLUENCE["projection_dim"]
-            else ""
-        ),
+        config=settings("influence"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} influence --model {input.warmup} "
-        "--val-grad {input.val_grad} --data {input.data} --ref {input.ref} "
-        "--shard {wildcards.shard} --shards {wildcards.shards} {params.options} {params.projection} --out {output} "
-        "> {log} 2>&1"
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} influence --config {params.config} "
+        "--model {input.warmup} --val-grad {input.val_grad} --data {input.data} --ref {input.ref} "
+        "--shard {wildcards.shard} --shards {wildcards.shards} --out {output} > {log} 2>&1"
 
 
 rule merge_influence:
@@ -152,9 +137,9 @@ rule agreement:
         benchmarks=" ".join(
             f"{stage}={path}" for stage, paths in BENCHMARKS.items() for path in paths
         ),
-        band=" ".join(str(b) for b in INFLUENCE["agreement_band"]),
+        config=settings("agreement"),
     shell:
-        "python -m prefselect agreement --scores {input.scores} --tif-band {params.band} "
+        "python -m prefselect agreement --config {params.config} --scores {input.scores} "
         "--benchmarks {params.benchmarks} --out-json {output.json} --out-md {output.md} --out-png {output.png} "
         "> {log} 2>&1"
 
@@ -194,12 +179,12 @@ rule group_train:
     resources:
         **job_resources("training"),
     params:
-        flags=dpo_flags(TRAINING["final_epochs"]),
+        config=settings("train", "final"),
         checkpoints=checkpoint_dir("group-{group}"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --model {input.warmup} "
-        "--data {input.data} --selection {input.selection} --ref {input.ref} "
-        "--eval-data {input.val} --eval-ref {input.val_ref} {params.flags} --checkpoint-dir {params.checkpoints} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --stage final --config {params.config} "
+        "--model {input.warmup} --data {input.data} --selection {input.selection} --ref {input.ref} "
+        "--eval-data {input.val} --eval-ref {input.val_ref} --checkpoint-dir {params.checkpoints} "
         "--out {output} > {log} 2>&1"
 
 

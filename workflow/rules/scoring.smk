@@ -23,13 +23,10 @@ rule score:
     resources:
         **job_resources("scoring"),
     params:
-        options=(
-            f"--beta {config['method']['beta']} --loss-type {config['method']['loss_type']} "
-            + LOGPS_OPTIONS
-        ),
+        config=settings("score"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} score --warmup {input.warmup} --aux {input.aux} "
-        "--data {input.data} --ref {input.ref} {params.options} --out {output} > {log} 2>&1"
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} score --config {params.config} "
+        "--warmup {input.warmup} --aux {input.aux} --data {input.data} --ref {input.ref} --out {output} > {log} 2>&1"
 
 
 rule merge_scores:
@@ -74,11 +71,11 @@ rule external_score:
     resources:
         gpu=0,
     params:
-        spec=lambda wildcards: selector_spec(wildcards.selector),
-        sft=sft_flags,
+        config=selector_settings("external-score"),
+        sft=sft_inputs,
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} external-score --spec {params.spec} "
-        "--data {input.data} {params.sft} --out {output} > {log} 2>&1"
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} external-score --config {params.config} "
+        "--selector {wildcards.selector} --data {input.data} {params.sft} --out {output} > {log} 2>&1"
 
 
 use rule external_score as reward_margin with:

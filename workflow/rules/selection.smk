@@ -18,12 +18,11 @@ rule select:
     conda:
         "../../envs/prefselect.yaml"
     params:
-        spec=lambda wildcards: selector_spec(wildcards.selector),
+        config=selector_settings("select"),
         like=lambda wildcards, input: f"--like {input.like}" if input.like else "",
-        seed=config["seed"],
     shell:
-        "python -m prefselect select --name {wildcards.selector} --spec {params.spec} --scores {input.scores} "
-        "--data {input.data} {params.like} --seed {params.seed} --out {output} > {log} 2>&1"
+        "python -m prefselect select --config {params.config} --selector {wildcards.selector} "
+        "--scores {input.scores} --data {input.data} {params.like} --out {output} > {log} 2>&1"
 
 
 # A selection with a `like` waits for another selection: a rule of its own, so that no rule depends on itself (and

@@ -22,9 +22,9 @@ if GGUF:
         conda:
             "../../envs/prefselect.yaml"
         params:
-            source=packaged_file(GGUF),
+            config=settings("gguf-model"),
         shell:
-            "python -m prefselect gguf-model {params.source} --out {output} > {log} 2>&1"
+            "python -m prefselect gguf-model --config {params.config} --out {output} > {log} 2>&1"
 
 
 if PACKAGE:
@@ -42,6 +42,6 @@ if PACKAGE:
         conda:
             "../../envs/prefselect.yaml"
         params:
-            source=packaged_file(PACKAGE),
+            config=settings("fetch-file"),
         shell:
-            "python -m prefselect fetch-file {params.source} --out {output} > {log} 2>&1"
+            "python -m prefselect fetch-file --config {params.config} --out {output} > {log} 2>&1"

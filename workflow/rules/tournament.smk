@@ -20,15 +20,13 @@ rule tournament:
     conda:
         "../../envs/prefselect.yaml"
     params:
+        auto=AUTO,
         names=CANDIDATES,
-        options=(
-            f"--beta {config['method']['beta']} --loss-type {config['method']['loss_type']} "
-            f"--criterion {AUTO_SPEC.get('criterion')}"
-        ),
+        config=shlex.quote(step_config(config, "tournament", selector=AUTO)),
     shell:
-        "python -m prefselect tournament --names {params.names} --logps {input.logps} --ref {input.ref} "
-        "--selections {input.selections} {params.options} --out-selection {output.selection} "
-        "--out-choice {output.choice} > {log} 2>&1"
+        "python -m prefselect tournament --config {params.config} --selector {params.auto} --names {params.names} "
+        "--logps {input.logps} --ref {input.ref} --selections {input.selections} "
+        "--out-selection {output.selection} --out-choice {output.choice} > {log} 2>&1"
 
 
 if not SCREEN_EPOCHS:
@@ -76,9 +74,7 @@ rule tournament_report:
     conda:
         "../../envs/prefselect.yaml"
     params:
-        specs=shlex.quote(json.dumps({c: config["selectors"][c] for c in CANDIDATES})),
-        stage=TOURNAMENT_STAGE,
+        config=settings("tournament-report"),
     shell:
-        "python -m prefselect tournament-report --choice {input.choice} --results {input.results} "
-        "--specs {params.specs} --stage {params.stage} --out-json {output.json} --out-md {output.md} "
-        "--out-png {output.png} > {log} 2>&1"
+        "python -m prefselect tournament-report --config {params.config} --choice {input.choice} "
+        "--results {input.results} --out-json {output.json} --out-md {output.md} --out-png {output.png} > {log} 2>&1"

@@ -1,6 +1,4 @@
 # DPO stages with TRL. The reference is always the SFT model, through its precomputed log-probs.
-TRAINING = config["training"]
-WARMUP_FRACTION = TRAINING["warmup_fraction"]
 
 
 rule warmup:
@@ -19,12 +17,12 @@ rule warmup:
         **job_resources("training"),
     params:
         model=input_or("sft", SFT),
-        flags=dpo_flags(TRAINING["warmup_epochs"])
-        + (f" --fraction {WARMUP_FRACTION}" if WARMUP_FRACTION < 1 else ""),
+        config=settings("train", "warmup"),
         checkpoints=checkpoint_dir("warmup"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --model {params.model} --data {input.data} "
-        "--ref {input.ref} {params.flags} --checkpoint-dir {params.checkpoints} --out {output} > {log} 2>&1"
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --stage warmup --config {params.config} "
+        "--model {params.model} --data {input.data} --ref {input.ref} --checkpoint-dir {params.checkpoints} "
+        "--out {output} > {log} 2>&1"
 
 
 rule aux:
@@ -45,11 +43,12 @@ rule aux:
         **job_resources("training"),
     params:
         init=input_or("init", SFT),
-        flags=dpo_flags(TRAINING["aux_epochs"]),
+        config=settings("train", "aux"),
         checkpoints=checkpoint_dir("aux"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --model {params.init} --data {input.data} "
-        "--ref {input.ref} {params.flags} --checkpoint-dir {params.checkpoints} --out {output} > {log} 2>&1"
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --stage aux --config {params.config} "
+        "--model {params.init} --data {input.data} --ref {input.ref} --checkpoint-dir {params.checkpoints} "
+        "--out {output} > {log} 2>&1"
 
 
 rule final:
@@ -73,12 +72,12 @@ rule final:
     resources:
         **job_resources("training"),
     params:
-        flags=lambda wildcards: dpo_flags(
-            SCREEN_EPOCHS if wildcards.stage == "screen" else TRAINING["final_epochs"],
-            wildcards.selector,
+        config=lambda wildcards: shlex.quote(
+            step_config(config, "train", wildcards.stage, wildcards.selector)
         ),
         checkpoints=checkpoint_dir("{stage}-{selector}"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --model {input.warmup} --data {input.data} "
-        "--selection {input.selection} --ref {input.ref} {params.flags} --checkpoint-dir {params.checkpoints} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --stage {wildcards.stage} "
+        "--selector {wildcards.selector} --config {params.config} --model {input.warmup} --data {input.data} "
+        "--selection {input.selection} --ref {input.ref} --checkpoint-dir {params.checkpoints} "
         "--out {output} > {log} 2>&1"

@@ -1,0 +1,316 @@
+"""What each step runs with: the workflow's config as one typed object per section, every default from the schema.
+
+A step reads only the config keys that `step_keys` names for it. The workflow hands a job exactly those keys, as
+JSON (`step_config`), so that a job reruns when one of them changes and not when another does; a step run by hand
+reads them from a config file in the workflow's format, or takes the schema's defaults. Both go through `load`,
+and a key the step was not given raises when read, so the workflow cannot leave out a setting that a step uses.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+FORWARD = ("model.trust_remote_code", "data.max_length")  # what every forward pass over pairs needs
+DATA_SPLITS = tuple(f"data.{key}" for key in ("split", "validation_split", "val_fraction", "dev_split",
+                                              "dev_fraction", "test_fraction", "max_length", "min_rows"))
+DPO = ("seed", *FORWARD, "method", *(f"training.{key}" for key in (
+    "learning_rate", "batch_size", "micro_batch_size", "gradient_checkpointing", "save_steps", "deepspeed")))
+GRADIENTS = ("seed", *FORWARD, "method", "influence.params", "influence.batch_size")
+
+# The config keys each step reads; `{selector}` is the selector a job is for, `{auto}` the auto selector.
+STEP_KEYS = {
+    "demo-tokenizer": ("demo.vocab_size",),
+    "demo-sft": ("seed", "demo.model", "demo.sft"),
+    "demo-pairs": ("seed", "demo.pairs"),
+    "fetch-file": ("data.package",),
+    "gguf-model": ("model.gguf",),
+    "prepare": ("seed", "model.trust_remote_code", *DATA_SPLITS),
+    "logps": (*FORWARD, "scoring.batch_size"),
+    "train": DPO,
+    "score": (*FORWARD, "method", "scoring.batch_size"),
+    "crossfit-score": ("seed", *FORWARD, "method", "scoring.batch_size", "crossfit.folds"),
+    "external-score": (*FORWARD, "selectors.{selector}"),
+    "select": ("seed", "selectors.{selector}"),
+    "tournament": ("method", "selectors.{selector}"),
+    "tournament-report": ("selectors",),
+    "sample": ("seed", "model.trust_remote_code", "evaluation.samples", "evaluation.max_new_tokens"),
+    "evaluate": ("evaluation.judge", "evaluation.opponent"),
+    "val-grad": GRADIENTS,
+    "influence": (*GRADIENTS, "influence.projection_dim"),
+    "agreement": ("influence.agreement_band",),
+    "plots": ("selectors",),
+}
+# A DPO run's length and pairs by stage: a stage's job does not rerun when another stage's epochs change.
+TRAIN_STAGES = {
+    "warmup": ("training.warmup_epochs", "training.warmup_fraction"),
+    "aux": ("training.aux_epochs",),
+    "final": ("training.final_epochs", "selectors.{selector}"),
+    "screen": ("selectors.{selector}", "selectors.{auto}"),
+    "crossfit": ("training.warmup_epochs", "crossfit.folds"),
+}
+
+
+class UnsetKey(LookupError):
+    """A step read a config key that it was not given."""
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = _Unset()
+
+
+class Section:
+    """A config section. A key that the step was not given (not among its `step_keys`) raises when read."""
+
+    KEY = ""
+
+    def __getattribute__(self, name: str):
+        value = object.__getattribute__(self, name)
+        if value is UNSET:
+            key = f"{type(self).KEY}.{name}".lstrip(".")
+            raise UnsetKey(f"config key {key}: not among the settings this step was given (settings.STEP_KEYS)")
+        return value
+
+
+@dataclass(frozen=True)
+class DemoModel(Section):
+    KEY = "demo.model"
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_positions: int
+
+
+@dataclass(frozen=True)
+class DemoSFT(Section):
+    KEY = "demo.sft"
+    steps: int
+    batch_size: int
+    learning_rate: float
+
+
+@dataclass(frozen=True)
+class DemoPairs(Section):
+    KEY = "demo.pairs"
+    train: int
+    val: int
+    dev: int
+    eval_prompts: int
+    prompt_words: int
+    samples: int
+    max_new_tokens: int
+    noise: float
+    noise_model: str
+    tau: float
+
+
+@dataclass(frozen=True)
+class Demo(Section):
+    KEY = "demo"
+    enabled: bool
+    snippets: str | None
+    vocab_size: int
+    model: DemoModel
+    sft: DemoSFT
+    pairs: DemoPairs
+
+
+@dataclass(frozen=True)
+class Model(Section):
+    KEY = "model"
+    path: str | None
+    gguf: dict | None
+    trust_remote_code: bool
+
+
+@dataclass(frozen=True)
+class Data(Section):
+    KEY = "data"
+    source: str | None
+    package: dict | None
+    split: str
+    validation: str | None
+    validation_split: str
+    val_fraction: float
+    dev: str | None
+    dev_split: str
+    dev_fraction: float
+    test_fraction: float
+    max_length: int
+    min_rows: int
+
+
+@dataclass(frozen=True)
+class Method(Section):
+    KEY = "method"
+    beta: float
+    loss_type: str
+
+
+@dataclass(frozen=True)
+class Training(Section):
+    KEY = "training"
+    learning_rate: float
+    batch_size: int
+    micro_batch_size: int
+    gradient_checkpointing: bool
+    warmup_epochs: float
+    warmup_fraction: float
+    aux_epochs: float
+    final_epochs: float
+    save_steps: int
+    gpus: int
+    deepspeed: str
+    threads: int
+    mem_mb: int
+    runtime: int
+
+
+@dataclass(frozen=True)
+class Aux(Section):
+    KEY = "aux"
+    init: str
+
+
+@dataclass(frozen=True)
+class Scoring(Section):
+    KEY = "scoring"
+    shards: int
+    batch_size: int
+    gpus: int
+    threads: int
+    mem_mb: int
+    runtime: int
+
+
+@dataclass(frozen=True)
+class Crossfit(Section):
+    KEY = "crossfit"
+    folds: int | None
+
+
+@dataclass(frozen=True)
+class Influence(Section):
+    KEY = "influence"
+    enabled: bool
+    params: list | None
+    projection_dim: int | None
+    shards: int
+    batch_size: int
+    agreement_band: list
+    group_training: bool
+
+
+@dataclass(frozen=True)
+class Evaluation(Section):
+    KEY = "evaluation"
+    judge: dict
+    opponent: str
+    prompts: str | None
+    samples: int
+    max_new_tokens: int
+    gpus: int
+    threads: int
+    mem_mb: int
+    runtime: int
+
+
+@dataclass(frozen=True)
+class Settings(Section):
+    """The whole config: `selectors` maps each selector's name to its rule (a dict, as the schema defines it)."""
+
+    outdir: str
+    seed: int
+    demo: Demo
+    model: Model
+    data: Data
+    method: Method
+    training: Training
+    aux: Aux
+    scoring: Scoring
+    crossfit: Crossfit
+    influence: Influence
+    selectors: dict
+    evaluation: Evaluation
+
+    def selector(self, name: str) -> dict:
+        if name not in self.selectors:
+            raise ValueError(f"config key selectors.{name}: no such selector in the given config")
+        return self.selectors[name]
+
+    def auto(self) -> tuple[str, dict]:
+        """The auto selector (name, rule), as its tournament needs it."""
+        found = [(name, spec) for name, spec in self.selectors.items() if spec["kind"] == "auto"]
+        if not found:
+            raise ValueError("config key selectors: no selector of kind 'auto' in the given config")
+        return found[0]
+
+
+def step_keys(step: str, stage: str | None = None) -> tuple[str, ...]:
+    """The config keys that `step` (a `prefselect` subcommand; for `train`, of `stage`) reads."""
+    return STEP_KEYS.get(step, ()) + (TRAIN_STAGES[stage] if step == "train" else ())
+
+
+def _pick(config: dict, key: str, into: dict) -> None:
+    *parents, last = key.split(".")
+    node, target = config, into
+    for part in parents:
+        node, target = node[part], target.setdefault(part, {})
+    target[last] = node[last]
+
+
+def step_config(config: dict, step: str, stage: str | None = None, selector: str | None = None) -> str:
+    """The keys of the validated workflow `config` that a job of `step` reads, as JSON for its `--config`."""
+    auto = next((name for name, spec in config["selectors"].items() if spec["kind"] == "auto"), None)
+    picked: dict = {}
+    names = {"selector": selector, "auto": auto}
+    for key in step_keys(step, stage):
+        # A run of no selector (a group study's) reads no selector's rule.
+        if all(names[name] is not None for name in ("selector", "auto") if f"{{{name}}}" in key):
+            _pick(config, key.format(**names), picked)
+    return json.dumps(picked, sort_keys=True)
+
+
+def _given(key: str, keys: set[str]) -> bool:
+    parts = key.split(".")
+    return any(".".join(parts[:n]) in keys for n in range(1, len(parts) + 1))
+
+
+def _build(cls, values: dict, keys: set[str], at: str = ""):
+    types = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for field in fields(cls):
+        key = f"{at}{field.name}"
+        if is_dataclass(types[field.name]):
+            inside = _given(key, keys) or any(k.startswith(f"{key}.") for k in keys)
+            kwargs[field.name] = _build(types[field.name], values[field.name], keys, f"{key}.") if inside else UNSET
+        else:
+            kwargs[field.name] = values[field.name] if _given(key, keys) else UNSET
+    return cls(**kwargs)
+
+
+def read_config(value: str | None) -> dict:
+    """A `--config` value: a YAML config file, or config keys as inline JSON; nothing gives {}."""
+    if value is None:
+        return {}
+    text = value if value.lstrip().startswith("{") else Path(value).read_text()
+    loaded = yaml.safe_load(text) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"--config {value!r}: a config is a mapping of keys, like config/config.yaml")
+    return loaded
+
+
+def load(value: str | None, step: str, stage: str | None = None) -> Settings:
+    """The settings of `step` from its `--config` (see `read_config`), with the schema's defaults for the rest."""
+    from .config import fill_defaults
+
+    keys = {key.split(".{")[0] for key in step_keys(step, stage)}  # a selector's rule: among the given selectors
+    return _build(Settings, fill_defaults(read_config(value)), keys)
