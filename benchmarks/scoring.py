@@ -51,6 +51,7 @@ from prefselect.logps import (
 from prefselect.models import load_model, load_tokenizer
 from prefselect.scoring import merge_shards
 from prefselect.selection import select
+from prefselect import settings as step_settings
 from prefselect.training import DPOSettings, build_trainer, with_ref_logps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -199,7 +200,8 @@ def tokens_computed(examples: list[dict], pad_token_id: int, s: Setup, trl_batch
 def scoring_vs_trl(folder: Path, pairs: pd.DataFrame, s: Setup, peak: dict) -> dict:
     """Same model, same tokenized pairs: prefselect's scoring against TRL's per-example log-probs."""
     zeros = pairs[["id"]].assign(chosen_logp=0.0, rejected_logp=0.0)
-    settings = DPOSettings(batch_size=s.batch_size, max_length=s.max_length)
+    settings = DPOSettings.of(step_settings.load(None, "train", "warmup"), "warmup", batch_size=s.batch_size,
+                              max_length=s.max_length)
     trainer = build_trainer(str(folder), with_ref_logps(pairs, zeros), settings, str(folder / "trainer"))
     model, tokenizer = trainer.model.eval().to(s.device), trainer.processing_class
     pad = tokenizer.pad_token_id
@@ -261,7 +263,8 @@ def influence_vs_scoring(work: Path, tokenizer, name: str, rng, s: Setup) -> dic
                for seed, role in enumerate(("sft", "warmup", "aux"))}
     loaded = {role: load_model(str(path)).to(s.device) for role, path in folders.items()}
     ref = pair_logps(loaded["sft"], pairs, tokenizer, s.max_length, s.batch_size)  # computed once, shared by both
-    settings = InfluenceSettings(max_length=s.max_length, batch_size=s.influence_batch)
+    settings = InfluenceSettings.of(step_settings.load(None, "influence"), max_length=s.max_length,
+                                    batch_size=s.influence_batch)
     val_grad = {}
 
     def score():

