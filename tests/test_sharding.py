@@ -1,7 +1,6 @@
 """Sharding is deterministic: the merged scores, and the selections made from them, do not depend on how many shards
 computed them; shards of different inputs do not merge; a shard killed mid-way leaves nothing and reruns alone."""
 
-import json
 import os
 import signal
 import subprocess

@@ -50,8 +50,7 @@ EXTERNAL_KINDS = tuple(EXTERNAL_SCORE)
 
 
 def default(key: str):
-    """The schema's default of config key `key` (dotted, e.g. `training.save_steps`): what a step run by hand
-    takes for a setting that the workflow would pass from the config."""
+    """The schema's default of config key `key` (dotted, e.g. `selectors.*.final.label_smoothing`)."""
     node = _schema()
     for part in key.split("."):  # `*`: any name, as under `selectors`
         node = node["additionalProperties"] if part == "*" else node["properties"][part]
