@@ -109,6 +109,7 @@ def test_full_opponent_needs_the_full_selector():
     assert validate(config)["evaluation"]["opponent"] == "full"
     del config["selectors"]["full"]
     config["selectors"]["auto"]["candidates"].remove("full")
+    config["selectors"]["auto"]["fallback"] = None
     with pytest.raises(ConfigError, match="evaluation.opponent"):
         validate(config)
 
@@ -163,7 +164,7 @@ def test_snakemake_stops_on_a_bad_config_before_any_job(tmp_path):
 
 # Keys that say where things are or what a job may use, which the workflow reads and no step does.
 WORKFLOW_ONLY = {
-    "outdir", "demo.enabled", "demo.snippets", "model.path", "data.source", "data.validation", "data.dev",
+    "outdir", "demo.enabled", "demo.task", "demo.snippets", "data.test", "model.path", "data.source", "data.validation", "data.dev",
     "aux.init", "scoring.shards", "influence.enabled", "influence.shards", "influence.group_training",
     "evaluation.prompts",
     *(f"{section}.{key}" for section in ("training", "scoring", "evaluation")

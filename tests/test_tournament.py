@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ from conftest import build_tiny_lm, config_arg, loop_logps, make_pairs
 from prefselect.cli import main
 from prefselect.config import ConfigError, validate
 from prefselect.selection import select
-from prefselect.tournament import adopt_winner, choose, grid_selectors, report, report_markdown
+from prefselect.tournament import adopt_winner, candidate_names, choose, grid_selectors, report, report_markdown
 
 MAX_LENGTH = 64
 BETA = 0.1
@@ -32,7 +33,9 @@ def test_a_grid_expands_to_band_rules_that_keep_their_fraction():
     assert made["lossdiff_irm_middle80"] == {
         "kind": "bands", "bands": {"lossdiff": [10, 90], "irm": [10, 90]}, "fraction": 0.8}  # the paper's shape
     assert selectors["auto"] == {"kind": "auto", "grid": grid, "candidates": [], "criterion": "dev_margin",
-                                 "screen_epochs": None, "final": {"label_smoothing": 0}}
+                                 "screen_epochs": None, "fallback": "full", "confidence": 0.9,
+                                 "final": {"label_smoothing": 0}}
+    assert candidate_names(selectors["auto"])[-1] == "full"  # the fallback competes too
     rng = np.random.default_rng(0)
     scores = pd.DataFrame({"id": [f"p{i}" for i in range(1000)], "irm": rng.normal(size=1000),
                            "lossdiff": rng.normal(size=1000)})
@@ -101,12 +104,13 @@ def candidates(tmp_path_factory):
     return root, models, dev
 
 
-def run_tournament(root, criterion: str) -> dict:
+def run_tournament(root, criterion: str, fallback: str | None = None, confidence: float = 0.9) -> dict:
+    auto = {"kind": "auto", "candidates": list("abc"), "criterion": criterion, "fallback": fallback,
+            "confidence": confidence}
     main(["tournament", "--names", "a", "b", "c", "--logps", *(str(root / f"logps-{n}.parquet") for n in "abc"),
           "--ref", str(root / "logps-sft.parquet"), "--selections", *(str(root / f"sel-{n}.parquet") for n in "abc"),
           "--selector", "auto", "--out-selection", str(root / "auto.parquet"),
-          *config_arg(method={"beta": BETA}, selectors={"auto": {"kind": "auto", "candidates": list("abc"),
-                                                                  "criterion": criterion}}),
+          *config_arg(method={"beta": BETA}, selectors={"auto": auto}),
           "--out-choice", str(root / "choice.json")])
     return json.loads((root / "choice.json").read_text())
 
@@ -138,6 +142,38 @@ def test_dev_criterion_equals_a_plain_loop_and_the_choice_is_its_best(candidates
         assert run_tournament(root, criterion)["chosen"] in [n for n in "abc" if expected[n][key] == top]
 
 
+def test_the_fallback_is_kept_unless_the_best_leads_it_by_the_corrected_z(candidates):
+    """The gate's z is the paired lead's mean over its standard error (a hand computation); the bar is the
+    one-sided normal quantile of the confidence, Bonferroni-corrected for the two rivals."""
+    root, models, dev = candidates
+    open_choice = run_tournament(root, "dev_margin")
+    best = open_choice["best"]
+    fallback = next(n for n in "abc" if n != best)
+    sft = loop_logps(models["sft"], dev, MAX_LENGTH)
+
+    def margins(name):
+        own = loop_logps(models[name], dev, MAX_LENGTH)
+        return BETA * ((own.chosen_logp - sft.chosen_logp) - (own.rejected_logp - sft.rejected_logp)).to_numpy()
+
+    lead = margins(best) - margins(fallback)
+    z = lead.mean() / (lead.std(ddof=1) / np.sqrt(len(lead)))
+    assert z > 0
+    confidence_at = {bar: 1 - 2 * (1 - NormalDist().cdf(bar)) for bar in (0.5 * z, 2 * z)}  # bars below and above z
+    passed = run_tournament(root, "dev_margin", fallback, confidence_at[0.5 * z])
+    kept = run_tournament(root, "dev_margin", fallback, confidence_at[2 * z])
+    for choice, bar in ((passed, 0.5 * z), (kept, 2 * z)):
+        assert choice["gate"]["z"] == pytest.approx(z, rel=1e-4)
+        assert choice["gate"]["z_needed"] == pytest.approx(bar) and choice["gate"]["rivals"] == 2
+        assert choice["best"] == best
+    assert passed["chosen"] == best and passed["gate"]["passed"]
+    assert kept["chosen"] == fallback and not kept["gate"]["passed"]
+    assert kept["gate"]["dev_pairs_needed"] == int(np.ceil(len(dev) * 4))  # twice the z: four times the pairs
+    assert kept["candidates"][fallback]["gap"] == 0.0  # gaps are taken to the candidate chosen
+    pd.testing.assert_frame_equal(pd.read_parquet(root / "auto.parquet"),
+                                  pd.read_parquet(root / f"sel-{fallback}.parquet"), check_exact=True)
+    assert run_tournament(root, "dev_margin", fallback, 0)["chosen"] == best  # confidence 0: no test
+
+
 def test_the_winners_model_is_adopted_without_a_second_copy(candidates, tmp_path):
     root, models, _ = candidates
     (root / "b" / ".snakemake_timestamp").touch()  # as Snakemake leaves in a folder output
@@ -151,7 +187,7 @@ def test_the_winners_model_is_adopted_without_a_second_copy(candidates, tmp_path
 
 
 def test_report_correlates_the_criterion_with_the_judge_and_states_the_regret():
-    choice = {"chosen": "b", "criterion": "dev_loss", "candidates": {
+    choice = {"chosen": "b", "best": "b", "gate": None, "criterion": "dev_loss", "candidates": {
         name: {"kept_fraction": kept, "loss": loss, "loss_low": loss - 0.1, "loss_high": loss + 0.1, "accuracy": 0.6,
                "accuracy_low": 0.5, "accuracy_high": 0.7, "n": 10, "margin": 1 - loss, "margin_low": 0.0,
                "margin_high": 1.0, "gap": 0.0, "gap_low": 0.0, "gap_high": 0.0}

@@ -31,6 +31,13 @@ def demo_steps(step) -> None:
     add(s, "snippets", "tokenizer", "out")
     s = step("demo-pairs", steps.demo_pairs, "sample and label the demo's preference pairs")
     add(s, "model", "snippets", "out")
+    s = step("demo-rated-snippets", steps.demo_rated_snippets, "human_labels: texts with their individual ratings")
+    add(s, "out")
+    add(s, "local-copy", required=False, help="the sdist (or its hutto_ICWSM_2014.tar.gz) that holds them; no download")
+    s = step("demo-rated-pairs", steps.demo_rated_pairs,
+             "human_labels: pairs of texts, labelled by single ratings (train, val, dev) or their means (test)")
+    add(s, "model", help="the SFT model, whose tokenizer tells which texts fit data.max_length")
+    add(s, "snippets", "out")
 
 
 def data_steps(step) -> None:
@@ -39,6 +46,7 @@ def data_steps(step) -> None:
     add(s, "source", help="local .jsonl/.json/.parquet file, dataset folder or hub id")
     add(s, "validation", required=False, help="validation pairs: a file, dataset folder or hub id")
     add(s, "dev", required=False, help="dev pairs (what the auto selector chooses on): a file, dataset folder or hub id")
+    add(s, "test", required=False, help="test pairs (for the likelihood judge): a file, dataset folder or hub id")
     s.add_argument("--hold-out-dev", action="store_true",
                    help="without --dev: hold out data.dev_fraction of the validation pairs as dev pairs")
     add(s, "tokenizer")

@@ -82,8 +82,9 @@ def validate(config: dict) -> dict:
     _check_sources(config)
     _check_opponent(config)
     _check_influence(config)
-    _check_heldout(config)
-    return resolve_sources(resolve_demo(config))
+    config = resolve_sources(resolve_demo(config))
+    _check_heldout(config)  # after the demo has named its test pairs
+    return config
 
 
 def judge_settings(judge: str | dict) -> dict:
@@ -121,7 +122,7 @@ def _check_selectors(selectors: dict) -> None:
         raise ConfigError(f"config key selectors.{autos[1]}: only one selector of kind 'auto' (also {autos[0]!r})")
 
 
-AUTO_KEYS = ("candidates", "grid", "criterion", "screen_epochs")
+AUTO_KEYS = ("candidates", "grid", "criterion", "screen_epochs", "fallback", "confidence")
 
 
 def auto_selector(config: dict) -> str | None:
@@ -149,14 +150,16 @@ def _check_auto(key: str, spec: dict, selectors: dict) -> None:
             raise ConfigError(f"config key {key}.{given[0]}: allowed for kind 'auto' only")
         return
     name = key.removeprefix("selectors.")
-    for position, candidate in enumerate(spec["candidates"]):
+    named = [(f"candidates.{position}", c) for position, c in enumerate(spec["candidates"])]
+    for where, candidate in named + ([("fallback", spec["fallback"])] if spec["fallback"] is not None else []):
         kind = selectors.get(candidate, {}).get("kind")
         if kind is None or kind in ("auto", "oracle") or selectors[candidate].get("like") == name:
             allowed = sorted(n for n, s in selectors.items() if s["kind"] not in ("auto", "oracle")
                              and s.get("like") != name)
             why = ("reads the ground truth" if kind == "oracle" else
                    "waits for this selector's own choice (like)" if kind else "is no selector to compete")
-            raise ConfigError(f"config key {key}.candidates.{position}: {candidate!r} {why}; allowed values: {allowed}")
+            hint = " (null: no fallback)" if where == "fallback" else ""
+            raise ConfigError(f"config key {key}.{where}: {candidate!r} {why}; allowed values: {allowed}{hint}")
     if len(candidate_names(spec)) < 2:
         raise ConfigError(f"config key {key}: an auto selector needs at least two candidates (`candidates`, `grid`)")
 
@@ -246,9 +249,15 @@ def _check_heldout(config: dict) -> None:
     data = config["data"]
     if data["validation"] is None and data["val_fraction"] + data["test_fraction"] >= 1:
         raise ConfigError("config key data.test_fraction: data.val_fraction + data.test_fraction must stay below 1")
-    if config["evaluation"]["judge"]["kind"] == "likelihood" and not data["test_fraction"]:
+    likelihood = config["evaluation"]["judge"]["kind"] == "likelihood"
+    if likelihood and not (data["test_fraction"] or data["test"]):
         raise ConfigError("config key data.test_fraction: the likelihood judge needs test pairs that no stage trains "
-                          "or selects on; set it above 0 (e.g. 0.2)")
+                          "or selects on; set it above 0 (e.g. 0.2), or give data.test")
+    if data["test"] and data["test_fraction"]:
+        raise ConfigError("config key data.test_fraction: data.test gives the test pairs; leave test_fraction at 0")
+    if config["demo"]["enabled"] and config["demo"]["task"] == "human_labels" and not likelihood:
+        raise ConfigError("config key evaluation.judge: the demo's human_labels task is judged on its gold test "
+                          "pairs by the likelihood judge; set it to likelihood")
 
 
 def resolve_sources(config: dict) -> dict:
@@ -270,7 +279,10 @@ def resolve_demo(config: dict) -> dict:
     config["data"]["source"] = f"{out}/demo/train.jsonl"
     config["data"]["validation"] = f"{out}/demo/val.jsonl"
     config["data"]["dev"] = f"{out}/demo/dev.jsonl"
-    config["evaluation"]["prompts"] = config["evaluation"]["prompts"] or f"{out}/demo/eval_prompts.jsonl"
+    if config["demo"]["task"] == "human_labels":
+        config["data"]["test"] = f"{out}/demo/test.jsonl"
+    else:
+        config["evaluation"]["prompts"] = config["evaluation"]["prompts"] or f"{out}/demo/eval_prompts.jsonl"
     return config
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 from typing import Any, Callable
 
@@ -413,6 +414,8 @@ def prepare(
     trust_remote_code: bool = False,
     split: str = "train",
     validation_split: str = "test",
+    test: str | None = None,
+    test_split: str = "test",
     test_fraction: float = 0.0,
     dev: str | None = None,
     dev_split: str = "test",
@@ -424,8 +427,9 @@ def prepare(
     With `validation`, all kept source rows are training rows; otherwise a row is a validation row when a hash
     of (seed, id) falls below `val_fraction`. `split` and `validation_split` choose the split of a source that is a
     hub id or dataset folder (e.g. `train_prefs` and `test_prefs` of HuggingFaceH4/ultrafeedback_binarized).
-    A source row is a test row (held out of every stage, for the `likelihood` evaluation) when the same hash lies
-    in the top `test_fraction`, so val and test never overlap and neither moves when the other fraction changes.
+    Test pairs (held out of every stage, for the `likelihood` evaluation) are the rows of `test`, or else the source
+    rows whose same hash lies in the top `test_fraction`, so val and test never overlap and neither moves when the
+    other fraction changes.
     Dev pairs (what the `auto` selector chooses on) are the rows of `dev`, or else, with `dev_fraction`, the
     validation rows whose hash lies in the lowest `dev_fraction` of the validation range: a stable share of them,
     taken out of the validation pairs, so that θ_val never trains on them.
@@ -435,21 +439,25 @@ def prepare(
         names["validation"] = dataset_name(validation, validation_split)
     if dev:
         names["dev"] = dataset_name(dev, dev_split)
-    for later, earlier in (("validation", "source"), ("dev", "source"), ("dev", "validation")):
-        if later in names and names[later] == names.get(earlier):
+    if test:
+        names["test"] = dataset_name(test, test_split)
+    for earlier, later in combinations(names, 2):
+        if names[later] == names[earlier]:
             raise ValueError(f"{later} is the same as {earlier} ({names[later]!r}): every {later} row would be a "
                              "duplicate")
     tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
     files = list(names.values())
     rows = read_rows(source, split) + (read_rows(validation, validation_split) if validation else [])
     rows += read_rows(dev, dev_split) if dev else []
+    rows += read_rows(test, test_split) if test else []
     _assign_ids(rows)
     fmt = _decide_format(rows)
     _make_usable(rows, fmt, tok, tokenizer, max_length)
 
     kept = [r for r in rows if r.ok]
     dev_rows = [r for r in kept if r.file == names.get("dev")]
-    kept = [r for r in kept if r.file != names.get("dev")]
+    test_rows = [r for r in kept if r.file == names.get("test")]
+    kept = [r for r in kept if r.file not in (names.get("dev"), names.get("test"))]
     if validation:
         train, val = [r for r in kept if r.file == names["source"]], [r for r in kept if r.file == names["validation"]]
     else:
@@ -459,9 +467,10 @@ def prepare(
         val_range = 1.0 if validation else val_fraction  # where the hash of a validation row lies
         dev_rows = [r for r in val if in_val(r.id, seed, dev_fraction * val_range)]
         val = [r for r in val if not in_val(r.id, seed, dev_fraction * val_range)]
-    test_ids = {r.id for r in train if not in_val(r.id, seed, 1 - test_fraction)}
-    train, test = [r for r in train if r.id not in test_ids], [r for r in train if r.id in test_ids]
-    splits = {"train": train, "val": val, "test": test if test_fraction else None,
+    if not test:
+        test_ids = {r.id for r in train if not in_val(r.id, seed, 1 - test_fraction)}
+        train, test_rows = [r for r in train if r.id not in test_ids], [r for r in train if r.id in test_ids]
+    splits = {"train": train, "val": val, "test": test_rows if test or test_fraction else None,
               "dev": dev_rows if dev or dev_fraction else None}
     _check_sizes(rows, splits, min_rows)
     report = _report(rows, files, splits, fmt)

@@ -49,13 +49,15 @@ def _verified_sdist(path: Path) -> bytes:
     return data
 
 
+def hutto_file(path: Path, name: str) -> bytes:
+    """File `name` of the hutto_ICWSM_2014 archive, from the sdist (hash checked) or from that archive itself."""
+    archive = path.read_bytes() if path.name == Path(INNER_TAR).name else _tar_member(_verified_sdist(path), INNER_TAR)
+    return _tar_member(archive, f"{Path(GROUND_TRUTH).parent}/{name}")
+
+
 def _ground_truth(path: Path) -> bytes:
-    """The GroundTruth text from the sdist (hash checked), the inner hutto tarball, or the .txt itself."""
-    if path.suffix == ".txt":
-        return path.read_bytes()
-    if path.name == Path(INNER_TAR).name:
-        return _tar_member(path.read_bytes(), GROUND_TRUTH)
-    return _tar_member(_tar_member(_verified_sdist(path), INNER_TAR), GROUND_TRUTH)
+    """The GroundTruth text from the sdist, the inner hutto tarball, or the .txt itself."""
+    return path.read_bytes() if path.suffix == ".txt" else hutto_file(path, Path(GROUND_TRUTH).name)
 
 
 def download_sdist(dest: str) -> Path:
@@ -239,15 +241,19 @@ def _labelled(pairs: pd.DataFrame, flip: np.ndarray) -> pd.DataFrame:
 def make_pairs(model_dir: str, snippets: str, out_dir: str, *, n_train: int, n_val: int, n_eval_prompts: int,
                n_dev: int = 0,
                prompt_words: int = 3, samples: int = 4, max_new_tokens: int = 20, noise: float = 0.3,
-               noise_model: str = "uniform", tau: float = 0.1, seed: int = 0) -> dict:
-    """Best-of-n vs worst-of-n pairs from the SFT model, judged by VADER; flips only training labels.
+               noise_model: str = "uniform", tau: float = 0.1, val_noise: float = 0.0, dev_noise: float = 0.0,
+               seed: int = 0) -> dict:
+    """Best-of-n vs worst-of-n pairs from the SFT model, judged by VADER, with a known share of flipped labels.
 
-    Writes train.jsonl, val.jsonl and dev.jsonl (never flipped), eval_prompts.jsonl and pairs_stats.json into
-    out_dir; the four prompt sets are disjoint. Dev pairs are drawn last, so they change none of the others. noise_model "uniform" flips exactly round(noise * n_train) pairs;
-    "bradley_terry" flips each pair with P = sigmoid(-gap / tau) and ignores noise.
+    Writes train.jsonl, val.jsonl, dev.jsonl, eval_prompts.jsonl and pairs_stats.json into out_dir; the four
+    prompt sets are disjoint. Dev pairs are drawn last, so they change none of the others. noise_model "uniform"
+    flips exactly round(noise * n_train) training pairs; "bradley_terry" flips each with P = sigmoid(-gap / tau)
+    and ignores noise. val_noise and dev_noise flip exactly that share of the validation and dev pairs, uniformly
+    (held-out pairs labelled as noisily as a user's), from a random stream of their own: at 0, nothing else moves.
     """
-    if noise_model not in NOISE_MODELS or not 0 <= noise <= 1 or tau <= 0 or min(n_train, n_val) < 1:
-        raise ValueError(f"need noise_model in {NOISE_MODELS}, 0 <= noise <= 1, tau > 0, n_train, n_val >= 1")
+    noises_ok = all(0 <= share <= 1 for share in (noise, val_noise, dev_noise))
+    if noise_model not in NOISE_MODELS or not noises_ok or tau <= 0 or min(n_train, n_val) < 1:
+        raise ValueError(f"need noise_model in {NOISE_MODELS}, noises in [0, 1], tau > 0, n_train, n_val >= 1")
     t0, rng = time.time(), np.random.default_rng(seed)
     pool = _prompt_pool(snippets, prompt_words, rng)
     if len(pool) < n_eval_prompts:
@@ -257,11 +263,13 @@ def make_pairs(model_dir: str, snippets: str, out_dir: str, *, n_train: int, n_v
     train, train_ties, pool = _draw_pairs(model_dir, pool, n_train, rng, **sampling)
     val, val_ties, pool = _draw_pairs(model_dir, pool, n_val, rng, **sampling)
     train = _labelled(train, _flip_mask(train.oracle_margin.to_numpy(), noise, noise_model, tau, rng))
-    val = _labelled(val, np.zeros(len(val), dtype=bool))
-    dev = _draw_pairs(model_dir, pool, n_dev, rng, **sampling)[0] if n_dev else pd.DataFrame(columns=val.columns)
-    dev = _labelled(dev, np.zeros(len(dev), dtype=bool))
+    dev = _draw_pairs(model_dir, pool, n_dev, rng, **sampling)[0] if n_dev else pd.DataFrame(columns=train.columns)
+    heldout_rng = np.random.default_rng([seed, 1])
+    val = _labelled(val, _flip_mask(val.oracle_margin.to_numpy(), val_noise, "uniform", tau, heldout_rng))
+    dev = _labelled(dev, _flip_mask(dev.oracle_margin.to_numpy(), dev_noise, "uniform", tau, heldout_rng))
     stats = {"train_pairs": len(train), "val_pairs": len(val), "dev_pairs": len(dev), "eval_prompts": len(eval_prompts),
              "train_flipped": int(train.flipped.sum()), "flip_rate": float(train.flipped.mean()),
+             "val_flipped": int(val.flipped.sum()), "dev_flipped": int(dev.flipped.sum()),
              "train_ties_dropped": train_ties, "val_ties_dropped": val_ties,
              "noise_model": noise_model, "noise": noise if noise_model == "uniform" else None,
              "tau": tau if noise_model == "bradley_terry" else None, "seconds": round(time.time() - t0, 1)}

@@ -17,7 +17,8 @@ import yaml
 
 FORWARD = ("model.trust_remote_code", "data.max_length")  # what every forward pass over pairs needs
 DATA_SPLITS = tuple(f"data.{key}" for key in ("split", "validation_split", "val_fraction", "dev_split",
-                                              "dev_fraction", "test_fraction", "max_length", "min_rows"))
+                                              "dev_fraction", "test_split", "test_fraction", "max_length",
+                                              "min_rows"))
 DPO = ("seed", *FORWARD, "method", *(f"training.{key}" for key in (
     "learning_rate", "batch_size", "micro_batch_size", "gradient_checkpointing", "save_steps", "deepspeed")))
 GRADIENTS = ("seed", *FORWARD, "method", "influence.params", "influence.batch_size")
@@ -27,6 +28,8 @@ STEP_KEYS = {
     "demo-tokenizer": ("demo.vocab_size",),
     "demo-sft": ("seed", "demo.model", "demo.sft"),
     "demo-pairs": ("seed", "demo.pairs"),
+    "demo-rated-snippets": ("demo.ratings.texts", "demo.ratings.ratings"),
+    "demo-rated-pairs": ("seed", "data.max_length", "demo.ratings"),
     "fetch-file": ("data.package",),
     "gguf-model": ("model.gguf",),
     "prepare": ("seed", "model.trust_remote_code", *DATA_SPLITS),
@@ -110,17 +113,34 @@ class DemoPairs(Section):
     noise: float
     noise_model: str
     tau: float
+    val_noise: float
+    dev_noise: float
+
+
+@dataclass(frozen=True)
+class DemoRatings(Section):
+    KEY = "demo.ratings"
+    texts: str
+    ratings: str
+    prompt: str
+    train: int
+    val: int
+    dev: int
+    test: int
+    test_min_gap: float
 
 
 @dataclass(frozen=True)
 class Demo(Section):
     KEY = "demo"
     enabled: bool
+    task: str
     snippets: str | None
     vocab_size: int
     model: DemoModel
     sft: DemoSFT
     pairs: DemoPairs
+    ratings: DemoRatings
 
 
 @dataclass(frozen=True)
@@ -143,6 +163,8 @@ class Data(Section):
     dev: str | None
     dev_split: str
     dev_fraction: float
+    test: str | None
+    test_split: str
     test_fraction: float
     max_length: int
     min_rows: int

@@ -79,8 +79,24 @@ def demo_pairs(a, s: Settings):
     stats = make_pairs(
         a.model, a.snippets, a.out, n_train=p.train, n_val=p.val, n_dev=p.dev, n_eval_prompts=p.eval_prompts,
         prompt_words=p.prompt_words, samples=p.samples, max_new_tokens=p.max_new_tokens, noise=p.noise,
-        noise_model=p.noise_model, tau=p.tau, seed=s.seed,
+        noise_model=p.noise_model, tau=p.tau, val_noise=p.val_noise, dev_noise=p.dev_noise, seed=s.seed,
     )
+    print(json.dumps(stats))
+
+
+def demo_rated_snippets(a, s: Settings):
+    from .ratings import fetch_rated_texts
+
+    r = s.demo.ratings
+    print(f"{fetch_rated_texts(a.out, r.texts, r.ratings, a.local_copy)} rated texts")
+
+
+def demo_rated_pairs(a, s: Settings):
+    from .ratings import make_rated_pairs
+
+    r = s.demo.ratings
+    stats = make_rated_pairs(a.model, a.snippets, a.out, prompt=r.prompt, n_train=r.train, n_val=r.val, n_dev=r.dev,
+                             n_test=r.test, test_min_gap=r.test_min_gap, max_length=s.data.max_length, seed=s.seed)
     print(json.dumps(stats))
 
 
@@ -94,8 +110,9 @@ def prepare(a, s: Settings):
     report = prepare(
         a.source, a.out, tokenizer=a.tokenizer, max_length=d.max_length, validation=a.validation,
         val_fraction=d.val_fraction, seed=s.seed, min_rows=d.min_rows, trust_remote_code=s.model.trust_remote_code,
-        split=d.split, validation_split=d.validation_split, test_fraction=d.test_fraction, dev=a.dev,
-        dev_split=d.dev_split, dev_fraction=d.dev_fraction if a.hold_out_dev else 0.0,
+        split=d.split, validation_split=d.validation_split, test=a.test, test_split=d.test_split,
+        test_fraction=d.test_fraction, dev=a.dev, dev_split=d.dev_split,
+        dev_fraction=d.dev_fraction if a.hold_out_dev else 0.0,
     )
     print(json.dumps(report))
 
@@ -266,9 +283,10 @@ def tournament(a, s: Settings):
     from .io import write_json
     from .tournament import run
 
-    criterion = s.selector(a.selector)["criterion"]
+    auto = s.selector(a.selector)
+    criterion = auto["criterion"]
     choice, chosen_selection = run(a.names, a.logps, a.ref, a.selections, s.method.beta, s.method.loss_type,
-                                   criterion)
+                                   criterion, auto["fallback"], auto["confidence"])
     # The chosen candidate's selection as it is, with its provenance and what chose it.
     record = {**(provenance.read(chosen_selection) or {}), "chosen_by": {"tournament": criterion, "of": a.names}}
     write_with_provenance(pd.read_parquet(chosen_selection), a.out_selection, record)

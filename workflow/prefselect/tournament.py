@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -45,9 +46,10 @@ def grid_selectors(grid: dict) -> dict[str, dict]:
 
 
 def candidate_names(spec: dict) -> list[str]:
-    """The candidates of an `auto` selector: those it lists, then its grid's, without repeats."""
+    """The candidates of an `auto` selector: those it lists, then its grid's, then its fallback, without repeats."""
     grid = list(grid_selectors(spec["grid"])) if spec.get("grid") else []
-    return list(dict.fromkeys([*spec.get("candidates", []), *grid]))
+    fallback = [spec["fallback"]] if spec.get("fallback") else []
+    return list(dict.fromkeys([*spec.get("candidates", []), *grid, *fallback]))
 
 
 def dev_margins(logps: pd.DataFrame, ref: pd.DataFrame) -> pd.Series:
@@ -94,6 +96,25 @@ def choose(criteria: dict[str, dict], kept_fraction: dict[str, float], criterion
     return max(criteria, key=lambda name: (sign * criteria[name][key], kept_fraction[name], -order[name]))
 
 
+def gate(margins: dict[str, pd.Series], best: str, fallback: str, beta: float, loss_type: str, criterion: str,
+         confidence: float) -> dict:
+    """Whether the dev pairs separate the best candidate from the fallback: its paired lead on `criterion` over
+    the same pairs, as a z score, against the one-sided z of `confidence` with a Bonferroni correction for the
+    other candidates, any of which could have led by chance (the winner's curse). `needed`: about how many dev
+    pairs the same lead would need to pass, where it is positive and did not."""
+    key, better = CRITERIA[criterion]
+    lead = (per_pair(margins[best], beta, loss_type)[key] - per_pair(margins[fallback], beta, loss_type)[key]).to_numpy()
+    lead = lead if better is max else -lead
+    n, mean, spread = len(lead), float(lead.mean()), float(lead.std(ddof=1)) if len(lead) > 1 else 0.0
+    z = mean / spread * np.sqrt(n) if spread > 0 else (np.inf if mean > 0 else 0.0)
+    rivals = max(1, len(margins) - 1)
+    threshold = NormalDist().inv_cdf(1 - (1 - confidence) / rivals) if confidence else -np.inf
+    passed = bool(best == fallback or z >= threshold)
+    needed = int(np.ceil(n * (threshold / z) ** 2)) if not passed and 0 < z < np.inf else None
+    return {"best": best, "fallback": fallback, "confidence": confidence, "rivals": rivals, "lead": mean,
+            "z": float(z), "z_needed": float(threshold), "passed": passed, "dev_pairs": n, "dev_pairs_needed": needed}
+
+
 def paired_gaps(margins: dict[str, pd.Series], chosen: str, beta: float, loss_type: str, criterion: str) -> dict:
     """Per candidate: its criterion minus the chosen one's, averaged over the same dev pairs, with a 95% interval.
 
@@ -118,19 +139,35 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     return None if np.isnan(rho) else rho
 
 
-def run(names: list[str], logps: list[str], ref: list[str], selections: list[str], beta: float, loss_type: str,
-        criterion: str) -> tuple[dict, str]:
-    """The tournament from its files: the choice (every candidate's dev criteria, kept fraction and paired gap to
-    the chosen one) and the path of the chosen candidate's selection."""
-    reference = pd.concat([pd.read_parquet(path) for path in ref], ignore_index=True)
-    margins = {name: dev_margins(pd.read_parquet(path), reference) for name, path in zip(names, logps, strict=True)}
-    kept = {name: float(pd.read_parquet(path)["selected"].mean()) for name, path in zip(names, selections, strict=True)}
+def decide(margins: dict[str, pd.Series], kept: dict[str, float], beta: float, loss_type: str, criterion: str,
+           fallback: str | None, confidence: float) -> dict:
+    """The choice from each candidate's dev margins: the best by `criterion`, kept only where the gate passes it
+    over the fallback (see `gate`); every candidate's dev criteria, kept fraction and paired gap to the chosen."""
+    if fallback is not None and fallback not in margins:
+        raise ValueError(f"the fallback {fallback!r} is not among the candidates {sorted(margins)}")
     criteria = dev_criteria(margins, beta, loss_type)
-    chosen = choose(criteria, kept, criterion)
+    best = choose(criteria, kept, criterion)
+    checked = gate(margins, best, fallback, beta, loss_type, criterion, confidence) if fallback else None
+    chosen = best if checked is None or checked["passed"] else fallback
     gaps = paired_gaps(margins, chosen, beta, loss_type, criterion)
-    candidates = {name: {"kept_fraction": kept[name], **criteria[name], **gaps[name]} for name in names}
-    choice = {"chosen": chosen, "criterion": criterion, "beta": beta, "loss_type": loss_type, "candidates": candidates}
-    return choice, dict(zip(names, selections))[chosen]
+    candidates = {name: {"kept_fraction": kept[name], **criteria[name], **gaps[name]} for name in margins}
+    return {"chosen": chosen, "best": best, "gate": checked, "criterion": criterion, "beta": beta,
+            "loss_type": loss_type, "candidates": candidates}
+
+
+def read_margins(names: list[str], logps: list[str], ref: list[str]) -> dict[str, pd.Series]:
+    """Each candidate's dev margins h from its log-prob file and the reference shards."""
+    reference = pd.concat([pd.read_parquet(path) for path in ref], ignore_index=True)
+    return {name: dev_margins(pd.read_parquet(path), reference) for name, path in zip(names, logps, strict=True)}
+
+
+def run(names: list[str], logps: list[str], ref: list[str], selections: list[str], beta: float, loss_type: str,
+        criterion: str, fallback: str | None, confidence: float) -> tuple[dict, str]:
+    """The tournament from its files: the choice (`decide`) and the path of the chosen candidate's selection."""
+    margins = read_margins(names, logps, ref)
+    kept = {name: float(pd.read_parquet(path)["selected"].mean()) for name, path in zip(names, selections, strict=True)}
+    choice = decide(margins, kept, beta, loss_type, criterion, fallback, confidence)
+    return choice, dict(zip(names, selections))[choice["chosen"]]
 
 
 def describe(spec: dict) -> str:
@@ -174,10 +211,12 @@ def report(choice: dict, results: dict, specs: dict, stage: str) -> dict:
             "regret": max(rates) - rows[chosen]["win_rate"] if chosen in with_judge else None,
         }
     made = by_criterion[choice["criterion"]]
-    assert made["chosen"] == choice["chosen"], "the tournament and its report disagree on the choice"
-    return {"chosen": choice["chosen"], "criterion": choice["criterion"], "stage": stage,
-            "opponent": results["opponent"], "spearman_criterion_vs_judge": made["spearman"],
-            "best_in_hindsight": with_judge[int(np.argmax(rates))] if rates else None, "regret": made["regret"],
+    assert made["chosen"] == choice["best"], "the tournament and its report disagree on the best candidate"
+    chosen = choice["chosen"]
+    return {"chosen": chosen, "best": choice["best"], "gate": choice["gate"], "criterion": choice["criterion"],
+            "stage": stage, "opponent": results["opponent"], "spearman_criterion_vs_judge": made["spearman"],
+            "best_in_hindsight": with_judge[int(np.argmax(rates))] if rates else None,
+            "regret": max(rates) - rows[chosen]["win_rate"] if chosen in with_judge else None,
             "by_criterion": by_criterion, "candidates": rows}
 
 
@@ -189,6 +228,24 @@ def _or_dash(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+def gate_sentence(gate: dict | None, criterion: str) -> str:
+    """The gate's verdict in one sentence, for the tournament page."""
+    if gate is None:
+        return "No fallback: the best candidate is taken, however small its lead."
+    g = gate
+    if g["best"] == g["fallback"]:
+        return f"The fallback `{g['fallback']}` is itself the best candidate by {criterion}."
+    test = (f"paired lead of `{g['best']}` over `{g['fallback']}` on the {g['dev_pairs']} dev pairs: z = {g['z']:.2f}; "
+            + (f"{g['z_needed']:.2f} needed for {100 * g['confidence']:g}% confidence against {g['rivals']} rival "
+               "candidates" if g["confidence"] else "no test configured (confidence 0)"))
+    if g["passed"]:
+        return f"Chose `{g['best']}`, the best by {criterion}, over the fallback ({test})."
+    needed = (f"; the same lead would need about {g['dev_pairs_needed']} dev pairs" if g["dev_pairs_needed"]
+              else "; the best candidate shows no lead at all")
+    return (f"**Kept the fallback `{g['fallback']}`**: {g['dev_pairs']} dev pairs cannot tell `{g['best']}` "
+            f"from it ({test}){needed}.")
+
+
 def report_markdown(rep: dict) -> str:
     key = CRITERIA[rep["criterion"]][0]
     has_judge = any("win_rate" in r for r in rep["candidates"].values())
@@ -197,6 +254,8 @@ def report_markdown(rep: dict) -> str:
               + (f" win rate vs {rep['opponent']} |" if has_judge else "") + (" flipped kept |" if has_truth else ""))
     lines = [
         f"# Tournament: `{rep['chosen']}` chosen by {rep['criterion']}",
+        "",
+        gate_sentence(rep["gate"], rep["criterion"]),
         "",
         "Each candidate's model judged on the dev pairs by forward passes: its implicit reward margin β·h against "
         "the SFT reference, the share of pairs it gets right (h > 0) and its DPO loss. Gap: the candidate's "
@@ -217,8 +276,9 @@ def report_markdown(rep: dict) -> str:
             line += f" {_or_dash(r.get('flipped_share_kept'), '.3f')} |"
         lines.append(line)
     if has_judge:
-        lines += ["", f"By the judge, the best candidate in hindsight is `{rep['best_in_hindsight']}`. What each dev "
-                      "criterion would choose, how it ranks the candidates against the judge (Spearman), and the "
+        lines += ["", f"By the judge, the best candidate in hindsight is `{rep['best_in_hindsight']}`; the regret of "
+                      f"the choice made is {_or_dash(rep['regret'], '.3f')}. What each dev criterion would choose "
+                      "before the fallback's gate, how it ranks the candidates against the judge (Spearman), and the "
                       "regret of its choice (best win rate minus the chosen one's):", "",
                   "| criterion | would choose | Spearman vs judge | regret |", "|---|---|---|---|"]
         for criterion, made in rep["by_criterion"].items():

@@ -12,6 +12,7 @@ rule prepare:
         source=local_file(DATA["source"]),
         validation=local_file(DATA["validation"]),
         dev=local_file(DATA["dev"]),
+        test=local_file(DATA["test"]),
     output:
         train=f"{OUT}/data/train.parquet",
         val=f"{OUT}/data/val.parquet",
@@ -38,10 +39,13 @@ rule prepare:
             if DATA["dev"]
             else ("--hold-out-dev" if AUTO else "")
         ),
+        test=lambda wildcards, input: (
+            f"--test {input.test or DATA['test']}" if DATA["test"] else ""
+        ),
         config=settings("prepare"),
     shell:
         "python -m prefselect prepare --config {params.config} --source {params.source} {params.validation} "
-        "--tokenizer {params.model} --out {params.outdir} {params.dev} > {log} 2>&1"
+        "--tokenizer {params.model} --out {params.outdir} {params.dev} {params.test} > {log} 2>&1"
 
 
 rule ref_logps:

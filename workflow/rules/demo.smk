@@ -1,8 +1,12 @@
-# The built-in demo: movie-review snippets → tokenizer → tiny SFT model → labelled pairs with known flips.
+# The built-in demo: movie-review snippets → tokenizer → tiny SFT model → labelled pairs with known flips, or (task
+# human_labels) pairs of the rated texts labelled by single human ratings, with gold test pairs.
 DEMO = config["demo"]
+HUMAN_LABELS = DEMO["task"] == "human_labels"
+# The texts the tokenizer and the SFT model learn from: the rated texts themselves in the human-label case.
+DEMO_TEXTS = f"{OUT}/demo/{'rated_snippets' if HUMAN_LABELS else 'snippets'}.parquet"
 
 
-# A download: where Snakemake runs, which has the internet that a cluster's compute nodes often lack.
+# Downloads: where Snakemake runs, which has the internet that a cluster's compute nodes often lack.
 localrules:
     demo_snippets,
 
@@ -22,7 +26,7 @@ rule demo_snippets:
 
 rule demo_tokenizer:
     input:
-        rules.demo_snippets.output,
+        DEMO_TEXTS,
     output:
         directory(f"{OUT}/demo/tokenizer"),
     log:
@@ -37,7 +41,7 @@ rule demo_tokenizer:
 
 rule demo_sft:
     input:
-        snippets=rules.demo_snippets.output,
+        snippets=DEMO_TEXTS,
         tokenizer=rules.demo_tokenizer.output,
     output:
         directory(f"{OUT}/models/sft"),
@@ -53,23 +57,64 @@ rule demo_sft:
         "--tokenizer {input.tokenizer} --out {output} > {log} 2>&1"
 
 
-rule demo_pairs:
-    input:
-        model=rules.demo_sft.output,
-        snippets=rules.demo_snippets.output,
-    output:
-        train=f"{OUT}/demo/train.jsonl",
-        val=f"{OUT}/demo/val.jsonl",
-        dev=f"{OUT}/demo/dev.jsonl",
-        eval_prompts=f"{OUT}/demo/eval_prompts.jsonl",
-    log:
-        f"{OUT}/logs/demo_pairs.log",
-    conda:
-        "../../envs/prefselect.yaml"
-    threads: 2
-    params:
-        outdir=output_folder("train"),
-        config=settings("demo-pairs"),
-    shell:
-        "python -m prefselect --threads {threads} demo-pairs --config {params.config} --model {input.model} "
-        "--snippets {input.snippets} --out {params.outdir} > {log} 2>&1"
+if HUMAN_LABELS:
+
+    localrules:
+        demo_rated_snippets,
+
+    rule demo_rated_snippets:
+        output:
+            f"{OUT}/demo/rated_snippets.parquet",
+        log:
+            f"{OUT}/logs/demo_rated_snippets.log",
+        conda:
+            "../../envs/prefselect.yaml"
+        params:
+            local_copy=f"--local-copy {DEMO['snippets']}" if DEMO["snippets"] else "",
+            config=settings("demo-rated-snippets"),
+        shell:
+            "python -m prefselect demo-rated-snippets --config {params.config} --out {output} {params.local_copy} "
+            "> {log} 2>&1"
+
+    rule demo_rated_pairs:
+        input:
+            model=rules.demo_sft.output,
+            snippets=rules.demo_rated_snippets.output,
+        output:
+            train=f"{OUT}/demo/train.jsonl",
+            val=f"{OUT}/demo/val.jsonl",
+            dev=f"{OUT}/demo/dev.jsonl",
+            test=f"{OUT}/demo/test.jsonl",
+        log:
+            f"{OUT}/logs/demo_rated_pairs.log",
+        conda:
+            "../../envs/prefselect.yaml"
+        params:
+            outdir=output_folder("train"),
+            config=settings("demo-rated-pairs"),
+        shell:
+            "python -m prefselect demo-rated-pairs --config {params.config} --model {input.model} "
+            "--snippets {input.snippets} --out {params.outdir} > {log} 2>&1"
+
+else:
+
+    rule demo_pairs:
+        input:
+            model=rules.demo_sft.output,
+            snippets=rules.demo_snippets.output,
+        output:
+            train=f"{OUT}/demo/train.jsonl",
+            val=f"{OUT}/demo/val.jsonl",
+            dev=f"{OUT}/demo/dev.jsonl",
+            eval_prompts=f"{OUT}/demo/eval_prompts.jsonl",
+        log:
+            f"{OUT}/logs/demo_pairs.log",
+        conda:
+            "../../envs/prefselect.yaml"
+        threads: 2
+        params:
+            outdir=output_folder("train"),
+            config=settings("demo-pairs"),
+        shell:
+            "python -m prefselect --threads {threads} demo-pairs --config {params.config} --model {input.model} "
+            "--snippets {input.snippets} --out {params.outdir} > {log} 2>&1"
