@@ -34,11 +34,11 @@ def test_runs_must_have_the_same_selectors(tmp_path):
 
 def test_tournaments_beside_the_results_are_summarised(tmp_path):
     runs = []
-    for name, chosen, regret, rho in (("a", "x", 0.0, 0.8), ("b", "y", 0.04, 0.4)):
+    for name, chosen, regret, rho, made in (("a", "x", 0.0, 0.8, "x"), ("b", "y", 0.04, 0.4, "full")):
         (tmp_path / name).mkdir()
         runs.append(write_run(tmp_path / name / "results.json", {"full": 0.6, "x": 0.6, "y": 0.6}))
-        (tmp_path / name / "tournament.json").write_text(json.dumps({
-            "criterion": "dev_margin", "chosen": chosen, "best_in_hindsight": "x", "by_criterion": {
+        (tmp_path / name / "tournament.json").write_text(json.dumps({  # b: the gate kept the fallback
+            "criterion": "dev_margin", "chosen": made, "regret": 0.0, "best_in_hindsight": "x", "by_criterion": {
                 "dev_margin": {"chosen": chosen, "regret": regret, "spearman": rho},
                 "dev_loss": {"chosen": "full", "regret": 0.1, "spearman": None}}}))
     comparison = compare_runs(runs, ["full"])
@@ -50,5 +50,6 @@ def test_tournaments_beside_the_results_are_summarised(tmp_path):
     table = comparison_markdown(comparison)
     assert "| dev_margin (configured) | x, y | 0.020 ± 0.028 | 0.60 ± 0.28 |" in table
     assert "| dev_loss | full, full | 0.100 ± 0.000 | – |" in table
+    assert "| the choice made, after the fallback's gate | x, full | 0.000 ± 0.000 | – |" in table
     (tmp_path / "b" / "tournament.json").unlink()  # only where every run has one
     assert "tournament" not in compare_runs(runs, ["full"])

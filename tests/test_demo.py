@@ -138,3 +138,20 @@ def test_make_pairs_bradley_terry(sft, snippets, tmp_path):
 def test_vader_scores():
     s = demo.vader_scores(["I love this wonderful film", "a terrible, boring mess", "a film"])
     assert s[0] > 0.5 and s[1] < -0.5 and s[2] == 0
+
+
+def test_noisy_heldout_pairs_flip_their_share_and_move_nothing_else(sft, snippets, tmp_path):
+    args = dict(n_train=20, n_val=10, n_dev=10, n_eval_prompts=5, max_new_tokens=8, noise=0.25, seed=3)
+    clean = demo.make_pairs(sft[0], snippets, str(tmp_path / "clean"), **args)
+    noisy = demo.make_pairs(sft[0], snippets, str(tmp_path / "noisy"), **args, val_noise=0.2, dev_noise=0.4)
+    assert (clean["val_flipped"], clean["dev_flipped"], noisy["val_flipped"], noisy["dev_flipped"]) == (0, 0, 2, 4)
+    read = {(run, name): pd.read_json(tmp_path / run / f"{name}.jsonl", lines=True)
+            for run in ("clean", "noisy") for name in ("train", "val", "dev", "eval_prompts")}
+    for name in ("train", "eval_prompts"):
+        pd.testing.assert_frame_equal(read["clean", name], read["noisy", name])
+    for name in ("val", "dev"):
+        before, after = read["clean", name], read["noisy", name]
+        flipped = after.flipped.to_numpy()
+        assert (after.chosen[flipped] == before.rejected[flipped]).all()
+        assert (after.chosen[~flipped] == before.chosen[~flipped]).all()
+        np.testing.assert_allclose(after.oracle_margin, np.where(flipped, -1, 1) * before.oracle_margin)

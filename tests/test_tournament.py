@@ -208,5 +208,14 @@ def test_report_correlates_the_criterion_with_the_judge_and_states_the_regret():
     assert "| **b** | irm [0, 50], 64% kept | 0.64 |" in table and "hindsight is `c`" in table
     assert "| dev_loss (configured) | b | 0.40 | 0.020 |" in table
     assert "| dev_accuracy | a | – | 0.070 |" in table  # every accuracy ties: the one that keeps the most pairs
+    assert "No fallback: the best candidate is taken" in table
+    gated = {**choice, "chosen": "a", "gate": {"best": "b", "fallback": "a", "confidence": 0.9, "rivals": 3,
+                                               "lead": 0.01, "z": 1.2, "z_needed": 2.13, "passed": False,
+                                               "dev_pairs": 250, "dev_pairs_needed": 788}}
+    kept = report(gated, results, specs, "final")
+    assert kept["chosen"] == "a" and kept["best"] == "b" and kept["regret"] == pytest.approx(0.07)
+    assert ("**Kept the fallback `a`**: 250 dev pairs cannot tell `b` from it (paired lead of `b` over `a` on the "
+            "250 dev pairs: z = 1.20; 2.13 needed for 90% confidence against 3 rival candidates); the same lead "
+            "would need about 788 dev pairs.") in report_markdown(kept)
     screened = report(choice, results, specs, "screen")  # the judge saw other models than the dev criterion did
     assert screened["regret"] is None and "win_rate" not in screened["candidates"]["a"]

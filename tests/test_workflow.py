@@ -148,7 +148,9 @@ def test_auto_adopts_the_selection_and_model_of_the_candidate_its_dev_criterion_
     assert list(choice["candidates"]) == CANDIDATES
     chosen = choice["chosen"]
     assert choice["criterion"] == "dev_margin"  # the default
-    assert chosen == max(CANDIDATES, key=lambda name: choice["candidates"][name]["margin"])
+    assert choice["best"] == max(CANDIDATES, key=lambda name: choice["candidates"][name]["margin"])
+    assert choice["gate"]["fallback"] == "full"  # the default: kept unless the dev pairs separate the best from it
+    assert chosen == (choice["best"] if choice["gate"]["passed"] else "full")
     pd.testing.assert_frame_equal(pd.read_parquet(out / "selection/auto.parquet"),
                                   pd.read_parquet(out / f"selection/{chosen}.parquet"), check_exact=True)
     for file in ("model.safetensors", "config.json", "training_log.json"):

@@ -42,7 +42,9 @@ def tournament_summary(reports: list[dict]) -> dict:
     per dev criterion what it chose in each run, with the mean regret of those choices and the mean rank
     correlation of the criterion with the judge."""
     summary = {"criterion": reports[0]["criterion"], "best_in_hindsight": [rep["best_in_hindsight"] for rep in reports],
-               "by_criterion": {}}
+               "chosen": [rep["chosen"] for rep in reports], "by_criterion": {}}
+    regrets = [rep["regret"] for rep in reports if rep.get("regret") is not None]
+    summary["regret"] = _mean_std(regrets) if regrets else None
     for criterion in reports[0]["by_criterion"]:
         made = [rep["by_criterion"][criterion] for rep in reports]
         row = {"chosen": [m["chosen"] for m in made]}
@@ -86,5 +88,7 @@ def tournament_markdown(summary: dict, n_runs: int) -> list[str]:
         mark = " (configured)" if criterion == summary["criterion"] else ""
         lines.append(f"| {criterion}{mark} | {', '.join(row['chosen'])} | {stat(row['regret'], '.3f')} | "
                      f"{stat(row['spearman'], '.2f')} |")
+    lines.append(f"| the choice made, after the fallback's gate | {', '.join(summary['chosen'])} | "
+                 f"{stat(summary['regret'], '.3f')} | – |")
     lines += ["", f"Regret: the best candidate's win rate minus the chosen one's, mean ± std over {n_runs} runs."]
     return lines
