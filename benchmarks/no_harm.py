@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prefselect.tournament import CRITERIA, decide, dev_criteria, read_margins
+from prefselect.tournament import CRITERIA, decide, dev_criteria, read_margins, spearman
 
 CONFIDENCES = (0.0, 0.5, 0.8, 0.9, 0.95)
 
@@ -68,8 +68,8 @@ def spearman_rows(runs: dict[str, dict]) -> list[str]:
         judge = pd.Series(run["judge"])
         cells = []
         for criterion, (key, better) in CRITERIA.items():
-            values = pd.Series({c: (1 if better is max else -1) * criteria[c][key] for c in judge.index})
-            cells.append(f"{values.corr(judge, method='spearman'):.2f}")
+            oriented = [(1 if better is max else -1) * criteria[c][key] for c in judge.index]
+            cells.append(f"{spearman(oriented, judge.tolist()):.2f}")
         best = judge.idxmax()
         lines.append(f"| {name} | {' | '.join(cells)} | {best} | {judge[best] - judge['full']:+.3f} |")
     return lines
@@ -78,11 +78,13 @@ def spearman_rows(runs: dict[str, dict]) -> list[str]:
 def markdown(results: list[dict], runs: dict[str, dict], fallback: str) -> str:
     names = list(runs)
     lines = ["Spearman of each dev criterion with the judge over the candidates:", "", *spearman_rows(runs), "",
-             f"Each option's choice per run, and the judge's score of that choice minus `{fallback}`'s:", "",
+             f"Each option's choice per run, the judge's score of that choice minus `{fallback}`'s, and the z of the "
+             "best candidate's lead over it on the dev pairs:", "",
              "| criterion | confidence | dev pairs | " + " | ".join(names) + " | mean Δ | worst Δ |",
              "|---|---|---|" + "---|" * len(names) + "---|---|"]
     for r in results:
-        cells = [f"{r['runs'][n]['chosen']} ({r['runs'][n]['delta']:+.3f})" for n in names]
+        cells = [f"{run['chosen']} ({run['delta']:+.3f}" + ("" if run["z"] is None else f", z {run['z']:.2f}") + ")"
+                 for run in (r["runs"][n] for n in names)]
         lines.append(f"| {r['criterion']} | {r['confidence']:g} | {r['dev_pairs'] or 'all'} | {' | '.join(cells)} | "
                      f"{r['mean_delta']:+.3f} | {r['worst_delta']:+.3f} |")
     return "\n".join(lines) + "\n"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from prefselect.config import load
+from prefselect.config import auto_selector, load
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "config" / "examples").glob("*.yaml"))
@@ -102,7 +102,13 @@ def test_example_plans_every_job_as_configured(example, plan):
     splits = Counter(re.search(r" --data \S*/(\w+)\.parquet ", job["shell"]).group(1)
                      for job in jobs if job["rule"] == "ref_logps")
     assert {"train", "val"} <= splits.keys() and set(splits.values()) == {scoring["shards"]}, splits
-    assert counts["select"] + counts["select_matched"] == counts["final"] == n and counts["evaluate"] == 1
+    # Every selector gets its selection and a final model; an auto selector's comes from its tournament, whose
+    # candidates' own models (screening runs, with screen_epochs) are DPO runs too.
+    auto = auto_selector(config)
+    assert counts["select"] + counts["select_matched"] + bool(auto) == n and counts["evaluate"] == 1
+    assert counts["final"] >= n - bool(auto) and counts["tournament"] == bool(auto)
+    if auto:
+        assert counts["adopt_winner"] == 1 or any(f"/models/final-{auto} " in job["shell"] for job in jobs)
     for job in jobs:
         if job["rule"] in SCORING_RULES:
             assert job["resources"]["gpu"] == str(scoring["gpus"]), job

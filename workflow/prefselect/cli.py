@@ -162,6 +162,11 @@ def selection_steps(step) -> None:
     add(s, "selector", "scores", "data", "out")
     add(s, "like", required=False, help="the selection whose kept fraction to match (random, external, bands)")
 
+    s = step("export", steps.export, "the pairs a selection keeps as the input's own rows, for any trainer")
+    add(s, "selection")
+    add(s, "source", help="the data source prepare read (data.source): local file, dataset folder or hub id")
+    add(s, "out-jsonl", "out-parquet")
+
 
 def evaluation_steps(step) -> None:
     """Steps of the final models' evaluation."""

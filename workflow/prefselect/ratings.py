@@ -132,15 +132,16 @@ def _rendered(texts: pd.DataFrame, drawn: pd.DataFrame, prompt: str) -> pd.DataF
     })
 
 
-def make_rated_pairs(model_dir: str, texts: str, out_dir: str, *, prompt: str, n_train: int, n_val: int,
-                     n_dev: int, n_test: int, test_min_gap: float, max_length: int, seed: int) -> dict:
+def make_rated_pairs(model: str, texts: str, out_dir: str, *, prompt: str, n_train: int, n_val: int, n_dev: int,
+                     n_test: int, test_min_gap: float, max_length: int, seed: int,
+                     trust_remote_code: bool = False) -> dict:
     """Write train/val/dev (single-rater labels) and test (gold labels) pairs as jsonl, and pairs_stats.json, into
-    out_dir. Texts too long for max_length with the prompt are left out."""
-    from transformers import AutoTokenizer
+    out_dir. Texts too long for max_length with the prompt, in the tokens of `model`, are left out."""
+    from .models import load_tokenizer
 
     t0, rng = time.time(), np.random.default_rng(seed)
     df = pd.read_parquet(texts)
-    fits = _fits(df.text, prompt, AutoTokenizer.from_pretrained(model_dir), max_length)
+    fits = _fits(df.text, prompt, load_tokenizer(model, trust_remote_code), max_length)
     df = df[fits].reset_index(drop=True)
     wanted = {"train": n_train, "val": n_val, "dev": n_dev, "test": n_test}
     # A test pair needs a clear gap, so its pool is sized for the pairs that a random pairing keeps.

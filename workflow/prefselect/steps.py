@@ -96,7 +96,8 @@ def demo_rated_pairs(a, s: Settings):
 
     r = s.demo.ratings
     stats = make_rated_pairs(a.model, a.snippets, a.out, prompt=r.prompt, n_train=r.train, n_val=r.val, n_dev=r.dev,
-                             n_test=r.test, test_min_gap=r.test_min_gap, max_length=s.data.max_length, seed=s.seed)
+                             n_test=r.test, test_min_gap=r.test_min_gap, max_length=s.data.max_length, seed=s.seed,
+                             trust_remote_code=s.model.trust_remote_code)
     print(json.dumps(stats))
 
 
@@ -276,6 +277,12 @@ def select(a, s: Settings):
     write_with_provenance(selection, a.out, record)
     bands = f" with bands {json.dumps(selection.attrs['bands'])}" if "bands" in selection.attrs else ""
     print(f"{a.selector}: kept {selection['selected'].sum()} of {len(selection)} pairs{bands}")
+
+
+def export(a, s: Settings):
+    from .export import export
+
+    print(json.dumps(export(a.source, s.data.split, a.selection, a.out_jsonl, a.out_parquet)))
 
 
 def tournament(a, s: Settings):

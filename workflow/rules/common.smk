@@ -32,10 +32,9 @@ SFT = config["model"]["path"]
 
 def local_model(path):
     """A model folder as a rule input, so that a rebuilt model reruns its users; a hub id is no file.
-    The SFT model that the demo or `model.gguf` builds is such a folder before it exists.
+    The SFT model that the demo or `model.gguf` builds, {outdir}/models/sft, is such a folder before it exists.
     """
-    built = config["demo"]["enabled"] or config["model"]["gguf"]
-    return [path] if built or Path(path).exists() else []
+    return [path] if path == f"{OUT}/models/sft" or Path(path).exists() else []
 
 
 def local_file(path):

@@ -78,7 +78,7 @@ if HUMAN_LABELS:
 
     rule demo_rated_pairs:
         input:
-            model=rules.demo_sft.output,
+            model=local_model(SFT),  # the demo's, or the user's own (model.path, model.gguf)
             snippets=rules.demo_rated_snippets.output,
         output:
             train=f"{OUT}/demo/train.jsonl",
@@ -90,10 +90,11 @@ if HUMAN_LABELS:
         conda:
             "../../envs/prefselect.yaml"
         params:
+            model=input_or("model", SFT),
             outdir=output_folder("train"),
             config=settings("demo-rated-pairs"),
         shell:
-            "python -m prefselect demo-rated-pairs --config {params.config} --model {input.model} "
+            "python -m prefselect demo-rated-pairs --config {params.config} --model {params.model} "
             "--snippets {input.snippets} --out {params.outdir} > {log} 2>&1"
 
 else:

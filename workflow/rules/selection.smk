@@ -2,6 +2,8 @@
 localrules:
     select,
     select_matched,
+    export,
+    selections,
 
 
 rule select:
@@ -30,3 +32,39 @@ rule select:
 use rule select as select_matched with:
     wildcard_constraints:
         selector="|".join(MATCHED) or "^$",
+
+
+rule export:
+    """A selection's kept pairs as the user's own input rows (their columns and format, in input order, plus `id`),
+    for any trainer that reads the input: selected/{selector}.jsonl and .parquet."""
+    input:
+        selection=f"{OUT}/selection/{{selector}}.parquet",
+        source=local_file(config["data"]["source"]),
+    output:
+        jsonl=f"{OUT}/selected/{{selector}}.jsonl",
+        parquet=f"{OUT}/selected/{{selector}}.parquet",
+    log:
+        f"{OUT}/logs/export/{{selector}}.log",
+    wildcard_constraints:
+        selector="|".join(SELECTORS),
+    conda:
+        "../../envs/prefselect.yaml"
+    params:
+        source=input_or("source", config["data"]["source"]),
+        config=settings("export"),
+    shell:
+        "python -m prefselect export --config {params.config} --selection {input.selection} --source {params.source} "
+        "--out-jsonl {output.jsonl} --out-parquet {output.parquet} > {log} 2>&1"
+
+
+rule selections:
+    """Selection only (`snakemake selections`): data, reference log-probs, warm-up, θ_val, scores and every
+    selection, each exported for any trainer; no final run, sampling or evaluation. The auto selector is not among
+    them: it chooses by its candidates' final models (`snakemake {outdir}/selected/auto.jsonl` runs them).
+    """
+    input:
+        expand(
+            f"{OUT}/selected/{{selector}}.{{ext}}",
+            selector=[s for s in SELECTORS if s != AUTO],
+            ext=["jsonl", "parquet"],
+        ),

@@ -6,7 +6,7 @@ PACKAGE = config["data"]["package"]
 
 if GGUF:
 
-    # models/sft is the demo's SFT model elsewhere; config.py refuses model.gguf with the demo.
+    # models/sft is the demo's SFT model elsewhere; config.py allows model.gguf with the demo's human_labels only.
     ruleorder: gguf_model > demo_sft
 
     localrules:
