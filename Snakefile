@@ -75,6 +75,11 @@ rule all:
         f"{OUT}/scores/scores.parquet",
         f"{OUT}/scores/crossfit.parquet" if config["crossfit"]["folds"] else [],
         expand(f"{OUT}/selection/{{selector}}.parquet", selector=SELECTORS),
+        expand(
+            f"{OUT}/selected/{{selector}}.{{ext}}",
+            selector=SELECTORS,
+            ext=["jsonl", "parquet"],
+        ),
         expand(f"{OUT}/models/final-{{selector}}", selector=FINALS),
         f"{OUT}/eval/results.json",
         f"{OUT}/eval/results.md",

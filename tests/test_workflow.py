@@ -1,6 +1,8 @@
 """The real DAG on a small demo config, and a partial rerun after one score shard is lost."""
 
 import json
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -11,6 +13,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+
+from prefselect.data import content_id
 
 REPO = Path(__file__).resolve().parents[1]
 # Every path of the README's output contract that the e2e config makes (no influence, no likelihood judge).
@@ -91,6 +95,8 @@ def test_every_output_of_the_contract_exists(workdir):
     for selector in SELECTORS:
         selection = pd.read_parquet(out / "selection" / f"{selector}.parquet")
         assert list(selection.columns) == ["id", "selected"] and len(selection) == len(train)
+        for ext in ("jsonl", "parquet"):
+            assert (out / "selected" / f"{selector}.{ext}").is_file(), selector
     for split in ("train", "val", "dev"):
         ref = pd.concat([pd.read_parquet(out / f"logps/ref/{split}/{i}-of-2.parquet") for i in (0, 1)])
         assert list(ref.columns) == ["id", "chosen_logp", "rejected_logp"], split
@@ -168,6 +174,57 @@ def test_auto_adopts_the_selection_and_model_of_the_candidate_its_dev_criterion_
     assert results["auto"]["kept"] == results[chosen]["kept"]
 
 
+def test_the_exports_are_the_demo_rows_of_the_kept_ids(workdir):
+    """Every selector's export (a band selector, those `like` it, `auto`) holds the demo's own input lines of the
+    pairs it keeps, byte for byte with the id put first (the demo's rows have no id column), in input order; the
+    auto selector's is its chosen candidate's."""
+    out = workdir / "results"
+    rows: dict[str, bytes] = {}
+    for line in (out / "demo/train.jsonl").read_bytes().split(b"\n")[:-1]:
+        rows.setdefault(content_id(json.loads(line)), line)
+    for selector in SELECTORS:
+        selection = pd.read_parquet(out / f"selection/{selector}.parquet")
+        kept = [row_id for row_id in rows if row_id in set(selection.loc[selection["selected"], "id"])]
+        assert len(kept) == selection["selected"].sum(), selector
+        exported = (out / f"selected/{selector}.jsonl").read_bytes().split(b"\n")
+        assert exported.pop() == b"" and exported == [f'{{"id": "{i}", '.encode() + rows[i][1:] for i in kept]
+        table = pd.read_parquet(out / f"selected/{selector}.parquet")
+        assert table["id"].tolist() == kept, selector
+        pd.testing.assert_frame_equal(table, pd.DataFrame([{"id": i, **json.loads(rows[i])} for i in kept]))
+    chosen = json.loads((out / "eval/dev/choice.json").read_text())["chosen"]
+    assert (out / "selected/auto.jsonl").read_bytes() == (out / f"selected/{chosen}.jsonl").read_bytes()
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "selected/auto.parquet"),
+                                  pd.read_parquet(out / f"selected/{chosen}.parquet"), check_exact=True)
+
+
+def readme_selection_only() -> tuple[str, str]:
+    """The README's selection-only lines: its shell command and its Python lines."""
+    section = (REPO / "README.md").read_text().split("**Selection only")[1]
+    return section.split("```bash\n")[1].split("\n```")[0], section.split("```python\n")[1].split("\n```")[0]
+
+
+def test_the_readme_selection_only_lines_run_on_the_demo(workdir):
+    """The README's five lines as written, on a copy of the small demo's run as `results-mymodel` with its config as
+    `my.yaml`: the exports made again, no final run, then a DPO run of TRL's own on one of them. The
+    SFT model is the demo's, and the Snakefile is named, since the command runs outside the checkout."""
+    shell, python = readme_selection_only()
+    assert len(shell.splitlines()) + len(python.splitlines()) == 5
+    config = yaml.safe_load((REPO / "tests/e2e/config.yaml").read_text())
+    (workdir / "my.yaml").write_text(yaml.safe_dump({**config, "outdir": "results-mymodel"}))
+    shutil.copytree(workdir / "results", workdir / "results-mymodel")
+    shutil.rmtree(workdir / "results-mymodel/selected")
+    command = [sys.executable, "-m", *shlex.split(shell), "--snakefile", str(REPO / "Snakefile")]
+    run = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-5000:]
+    rules = set(re.findall(r"^(?:local)?rule (\w+):", run.stderr, re.MULTILINE))
+    assert "export" in rules and not {"final", "sample", "heldout_logps", "evaluate", "tournament"} & rules, rules
+    assert (workdir / "results-mymodel/selected/lossdiff_irm.jsonl").is_file()
+    code = python.replace("/models/my-sft-model", "results-mymodel/models/sft")
+    run = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-5000:]
+    assert list((workdir / "dpo-mymodel").glob("checkpoint-*/model.safetensors"))
+
+
 def test_the_choice_reads_no_ground_truth_and_no_test_pair(workdir):
     """Scramble the demo's ground truth (`flipped`, `oracle_margin`) and the test pairs, and rerun everything the
     tournament depends on: warm-up, θ_val, scores, the candidates' selections, final models and dev log-probs, and
@@ -215,6 +272,19 @@ def test_screening_trains_short_candidate_runs_and_only_the_winner_in_full(tmp_p
     assert "models/final-aux_irm_top50" not in plan
 
 
+def test_the_selections_target_stops_after_the_selections(tmp_path):
+    """`snakemake selections` plans the data, reference log-probs, warm-ups, θ_val, scores, every selection and its
+    export, but no final run, sampling, evaluation or tournament; auto's export waits for those, so it is not one."""
+    plan = snakemake(tmp_path, "-n", "selections").stdout
+    planned = jobs_of(plan)
+    assert not {"final", "sample", "heldout_logps", "evaluate", "tournament", "adopt_winner", "tournament_report",
+                "diagnose", "plots"} & set(planned)
+    assert planned["export"] == planned["select"] + planned["select_matched"] == len(SELECTORS) - 1
+    assert {"warmup", "aux", "score", "merge_scores", "select_matched"} <= set(planned)
+    assert planned["ref_logps"] == 4  # of the training and validation pairs; the dev pairs are the tournament's
+    assert "results/selected/auto" not in plan
+
+
 def test_html_report_holds_the_figures(workdir, tmp_path):
     snakemake(workdir, "--report", str(tmp_path / "report.zip"))
     names = [Path(n).name for n in zipfile.ZipFile(tmp_path / "report.zip").namelist()]
@@ -242,8 +312,8 @@ def test_rerun_after_a_lost_score_shard_recomputes_only_that_shard_and_its_depen
     # random and rated keep as many pairs as lossdiff_irm (select_matched). The cross-fitted scores are joined to
     # the new scores again, but neither their warm-ups nor their scoring rerun.
     assert planned == {
-        "all": 1, "score": 1, "merge_scores": 1, "join_crossfit": 1, "select": n - 3, "select_matched": 2, "final": n - 1, "sample": n,
-        "evaluate": 1,
+        "all": 1, "score": 1, "merge_scores": 1, "join_crossfit": 1, "select": n - 3, "select_matched": 2, "export": n,
+        "final": n - 1, "sample": n, "evaluate": 1,
         "diagnose": 1, "plots": 1, "heldout_logps": len(CANDIDATES), "tournament": 1, "adopt_winner": 1,
         "tournament_report": 1,
     }
