@@ -7,7 +7,8 @@ and what the judge says of that choice against full data.
 Each run folder is a finished workflow run with an `auto` selector whose candidates trained final models (no
 screening): its dev log-probs (eval/dev/logps/), the SFT model's (logps/ref/dev/), the selections and the judge's
 eval/results.json. The options: the dev criterion × the gate's confidence (0: the best candidate, no test) ×
-the number of dev pairs (a subset drawn with a fixed seed, the same for every candidate). Per option: the choice
+the guard (dev accuracy, or none) × the number of dev pairs (a subset drawn with a fixed seed, the same for every
+candidate). Per option: the choice
 in each run, its judge score minus full data's, the mean of that over runs, and the worst run. Nothing is
 trained; the replay runs the tournament's own `decide`.
 """
@@ -47,16 +48,17 @@ def subset(margins: dict[str, pd.Series], n: int | None, seed: int) -> dict[str,
     return {name: h.loc[keep] for name, h in margins.items()}
 
 
-def replay(runs: dict[str, dict], criterion: str, confidence: float, n_dev: int | None, fallback: str) -> dict:
+def replay(runs: dict[str, dict], criterion: str, confidence: float, guard: str | None, n_dev: int | None,
+           fallback: str) -> dict:
     rows = {}
     for name, run in runs.items():
         margins = subset(run["margins"], n_dev, seed=0)
-        choice = decide(margins, run["kept"], run["beta"], run["loss_type"], criterion, fallback, confidence)
+        choice = decide(margins, run["kept"], run["beta"], run["loss_type"], criterion, fallback, confidence, guard)
         chosen = choice["chosen"]
         rows[name] = {"chosen": chosen, "best": choice["best"], "z": choice["gate"]["z"] if choice["gate"] else None,
                       "delta": run["judge"][chosen] - run["judge"][fallback]}
     deltas = [r["delta"] for r in rows.values()]
-    return {"criterion": criterion, "confidence": confidence, "dev_pairs": n_dev, "runs": rows,
+    return {"criterion": criterion, "confidence": confidence, "guard": guard, "dev_pairs": n_dev, "runs": rows,
             "mean_delta": float(np.mean(deltas)), "worst_delta": float(np.min(deltas))}
 
 
@@ -80,12 +82,13 @@ def markdown(results: list[dict], runs: dict[str, dict], fallback: str) -> str:
     lines = ["Spearman of each dev criterion with the judge over the candidates:", "", *spearman_rows(runs), "",
              f"Each option's choice per run, the judge's score of that choice minus `{fallback}`'s, and the z of the "
              "best candidate's lead over it on the dev pairs:", "",
-             "| criterion | confidence | dev pairs | " + " | ".join(names) + " | mean Δ | worst Δ |",
-             "|---|---|---|" + "---|" * len(names) + "---|---|"]
+             "| criterion | confidence | guard | dev pairs | " + " | ".join(names) + " | mean Δ | worst Δ |",
+             "|---|---|---|---|" + "---|" * len(names) + "---|---|"]
     for r in results:
         cells = [f"{run['chosen']} ({run['delta']:+.3f}" + ("" if run["z"] is None else f", z {run['z']:.2f}") + ")"
                  for run in (r["runs"][n] for n in names)]
-        lines.append(f"| {r['criterion']} | {r['confidence']:g} | {r['dev_pairs'] or 'all'} | {' | '.join(cells)} | "
+        lines.append(f"| {r['criterion']} | {r['confidence']:g} | {r['guard'] or '–'} | {r['dev_pairs'] or 'all'} | "
+                     f"{' | '.join(cells)} | "
                      f"{r['mean_delta']:+.3f} | {r['worst_delta']:+.3f} |")
     return "\n".join(lines) + "\n"
 
@@ -95,12 +98,17 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", required=True)
     parser.add_argument("--fallback", default="full")
     parser.add_argument("--confidences", nargs="+", type=float, default=CONFIDENCES)
+    parser.add_argument("--criteria", nargs="+", choices=list(CRITERIA), default=list(CRITERIA))
+    parser.add_argument("--guards", nargs="*", choices=list(CRITERIA), default=["dev_accuracy"],
+                        help="guards to try beside none")
     parser.add_argument("--dev-pairs", nargs="*", type=int, default=[], help="also on subsets of this many dev pairs")
     parser.add_argument("--out", help="markdown file; json beside it")
     args = parser.parse_args()
     runs = {Path(run).name: load_run(Path(run)) for run in args.runs}
-    results = [replay(runs, criterion, confidence, n_dev, args.fallback)
-               for n_dev in [None, *args.dev_pairs] for criterion in CRITERIA for confidence in args.confidences]
+    guards = [None] + [g for g in args.guards if g]
+    results = [replay(runs, criterion, confidence, guard, n_dev, args.fallback)
+               for n_dev in [None, *args.dev_pairs] for criterion in args.criteria for confidence in args.confidences
+               for guard in guards if not (guard and (not confidence or guard == criterion))]
     text = markdown(results, runs, args.fallback)
     print(text)
     if args.out:

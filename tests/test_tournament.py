@@ -14,7 +14,8 @@ from conftest import build_tiny_lm, config_arg, loop_logps, make_pairs
 from prefselect.cli import main
 from prefselect.config import ConfigError, validate
 from prefselect.selection import select
-from prefselect.tournament import adopt_winner, candidate_names, choose, grid_selectors, report, report_markdown
+from prefselect.tournament import (adopt_winner, candidate_names, choose, decide, gate_sentence, grid_selectors,
+                                   report, report_markdown)
 
 MAX_LENGTH = 64
 BETA = 0.1
@@ -33,7 +34,7 @@ def test_a_grid_expands_to_band_rules_that_keep_their_fraction():
     assert made["lossdiff_irm_middle80"] == {
         "kind": "bands", "bands": {"lossdiff": [10, 90], "irm": [10, 90]}, "fraction": 0.8}  # the paper's shape
     assert selectors["auto"] == {"kind": "auto", "grid": grid, "candidates": [], "criterion": "dev_margin",
-                                 "screen_epochs": None, "fallback": "full", "confidence": 0.9,
+                                 "screen_epochs": None, "fallback": "full", "confidence": 0.9, "guard": "dev_accuracy",
                                  "final": {"label_smoothing": 0}}
     assert candidate_names(selectors["auto"])[-1] == "full"  # the fallback competes too
     rng = np.random.default_rng(0)
@@ -106,7 +107,7 @@ def candidates(tmp_path_factory):
 
 def run_tournament(root, criterion: str, fallback: str | None = None, confidence: float = 0.9) -> dict:
     auto = {"kind": "auto", "candidates": list("abc"), "criterion": criterion, "fallback": fallback,
-            "confidence": confidence}
+            "confidence": confidence, "guard": None}
     main(["tournament", "--names", "a", "b", "c", "--logps", *(str(root / f"logps-{n}.parquet") for n in "abc"),
           "--ref", str(root / "logps-sft.parquet"), "--selections", *(str(root / f"sel-{n}.parquet") for n in "abc"),
           "--selector", "auto", "--out-selection", str(root / "auto.parquet"),
@@ -174,6 +175,30 @@ def test_the_fallback_is_kept_unless_the_best_leads_it_by_the_corrected_z(candid
     assert run_tournament(root, "dev_margin", fallback, 0)["chosen"] == best  # confidence 0: no test
 
 
+def test_a_lead_bought_with_worse_dev_accuracy_keeps_the_fallback():
+    """A candidate whose margin grows by confidence on half the pairs while it gets the other half wrong leads the
+    fallback on the dev margin, and trails it on dev accuracy: the guard keeps the fallback; without it, or when
+    its accuracy is no worse, the candidate is chosen."""
+    n = 40
+    ids = [f"p{i}" for i in range(n)]
+    steady = pd.Series(np.where(np.arange(n) < 30, 1.0, -1.0), index=ids)  # right on 30 of 40, small margins
+    bold = pd.Series(np.where(np.arange(n) % 2 == 0, 10.0, -1.0), index=ids)  # right on 20, large margins
+    better = pd.Series(np.where(np.arange(n) < 34, 10.0, -1.0), index=ids)  # large margins and right more often
+    kept = {"full": 1.0, "bold": 0.6, "better": 0.6}
+    guarded = decide({"full": steady, "bold": bold}, kept, BETA, "sigmoid", "dev_margin", "full", 0.8, "dev_accuracy")
+    gate = guarded["gate"]
+    lead = BETA * (bold - steady)
+    assert gate["z"] == pytest.approx(lead.mean() / lead.std(ddof=1) * np.sqrt(n)) and gate["z"] > gate["z_needed"]
+    accuracy = (bold > 0).astype(float) - (steady > 0).astype(float)
+    assert gate["guard_z"] == pytest.approx(accuracy.mean() / accuracy.std(ddof=1) * np.sqrt(n))
+    assert gate["guard_bound"] == pytest.approx(-NormalDist().inv_cdf(0.8)) and gate["harmed"]
+    assert guarded["best"] == "bold" and guarded["chosen"] == "full"
+    assert "trails it on dev_accuracy" in gate_sentence(gate, "dev_margin")
+    assert decide({"full": steady, "bold": bold}, kept, BETA, "sigmoid", "dev_margin", "full", 0.8, None)["chosen"] == "bold"
+    assert decide({"full": steady, "better": better}, kept, BETA, "sigmoid", "dev_margin", "full", 0.8,
+                  "dev_accuracy")["chosen"] == "better"
+
+
 def test_the_winners_model_is_adopted_without_a_second_copy(candidates, tmp_path):
     root, models, _ = candidates
     (root / "b" / ".snakemake_timestamp").touch()  # as Snakemake leaves in a folder output
@@ -210,8 +235,9 @@ def test_report_correlates_the_criterion_with_the_judge_and_states_the_regret():
     assert "| dev_accuracy | a | – | 0.070 |" in table  # every accuracy ties: the one that keeps the most pairs
     assert "No fallback: the best candidate is taken" in table
     gated = {**choice, "chosen": "a", "gate": {"best": "b", "fallback": "a", "confidence": 0.9, "rivals": 3,
-                                               "lead": 0.01, "z": 1.2, "z_needed": 2.13, "passed": False,
-                                               "dev_pairs": 250, "dev_pairs_needed": 788}}
+                                               "lead": 0.01, "z": 1.2, "z_needed": 2.13, "guard": None,
+                                               "guard_z": None, "guard_bound": -np.inf, "harmed": False,
+                                               "passed": False, "dev_pairs": 250, "dev_pairs_needed": 788}}
     kept = report(gated, results, specs, "final")
     assert kept["chosen"] == "a" and kept["best"] == "b" and kept["regret"] == pytest.approx(0.07)
     assert ("**Kept the fallback `a`**: 250 dev pairs cannot tell `b` from it (paired lead of `b` over `a` on the "

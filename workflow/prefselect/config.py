@@ -122,7 +122,7 @@ def _check_selectors(selectors: dict) -> None:
         raise ConfigError(f"config key selectors.{autos[1]}: only one selector of kind 'auto' (also {autos[0]!r})")
 
 
-AUTO_KEYS = ("candidates", "grid", "criterion", "screen_epochs", "fallback", "confidence")
+AUTO_KEYS = ("candidates", "grid", "criterion", "screen_epochs", "fallback", "confidence", "guard")
 
 
 def auto_selector(config: dict) -> str | None:

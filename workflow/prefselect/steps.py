@@ -293,7 +293,7 @@ def tournament(a, s: Settings):
     auto = s.selector(a.selector)
     criterion = auto["criterion"]
     choice, chosen_selection = run(a.names, a.logps, a.ref, a.selections, s.method.beta, s.method.loss_type,
-                                   criterion, auto["fallback"], auto["confidence"])
+                                   criterion, auto["fallback"], auto["confidence"], auto["guard"])
     # The chosen candidate's selection as it is, with its provenance and what chose it.
     record = {**(provenance.read(chosen_selection) or {}), "chosen_by": {"tournament": criterion, "of": a.names}}
     write_with_provenance(pd.read_parquet(chosen_selection), a.out_selection, record)

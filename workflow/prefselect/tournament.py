@@ -96,23 +96,38 @@ def choose(criteria: dict[str, dict], kept_fraction: dict[str, float], criterion
     return max(criteria, key=lambda name: (sign * criteria[name][key], kept_fraction[name], -order[name]))
 
 
-def gate(margins: dict[str, pd.Series], best: str, fallback: str, beta: float, loss_type: str, criterion: str,
-         confidence: float) -> dict:
-    """Whether the dev pairs separate the best candidate from the fallback: its paired lead on `criterion` over
-    the same pairs, as a z score, against the one-sided z of `confidence` with a Bonferroni correction for the
-    other candidates, any of which could have led by chance (the winner's curse). `needed`: about how many dev
-    pairs the same lead would need to pass, where it is positive and did not."""
+def paired_lead(margins: dict[str, pd.Series], a: str, b: str, beta: float, loss_type: str,
+                criterion: str) -> tuple[float, float]:
+    """How far candidate `a` leads `b` on `criterion` over the same dev pairs (oriented: positive is better), and
+    that lead as a z score (mean over its standard error)."""
     key, better = CRITERIA[criterion]
-    lead = (per_pair(margins[best], beta, loss_type)[key] - per_pair(margins[fallback], beta, loss_type)[key]).to_numpy()
+    lead = (per_pair(margins[a], beta, loss_type)[key] - per_pair(margins[b], beta, loss_type)[key]).to_numpy()
     lead = lead if better is max else -lead
-    n, mean, spread = len(lead), float(lead.mean()), float(lead.std(ddof=1)) if len(lead) > 1 else 0.0
-    z = mean / spread * np.sqrt(n) if spread > 0 else (np.inf if mean > 0 else 0.0)
-    rivals = max(1, len(margins) - 1)
+    mean, spread = float(lead.mean()), float(lead.std(ddof=1)) if len(lead) > 1 else 0.0
+    if spread == 0:  # every pair leads by the same amount
+        return mean, float(np.sign(mean) * np.inf) if mean else 0.0
+    return mean, mean / spread * float(np.sqrt(len(lead)))
+
+
+def gate(margins: dict[str, pd.Series], best: str, fallback: str, beta: float, loss_type: str, criterion: str,
+         confidence: float, guard: str | None) -> dict:
+    """Whether the dev pairs separate the best candidate from the fallback. Its paired lead on `criterion`, as a z
+    score, must reach the one-sided z of `confidence` with a Bonferroni correction for the other candidates, any of
+    which could have led by chance (the winner's curse); and on the `guard` criterion it must not trail the
+    fallback with that confidence (one-sided, one test): a lead bought by harm to the guard does not count (a
+    model can raise its dev margin by growing confident, right or wrong). Confidence 0 tests nothing.
+    `dev_pairs_needed`: about how many dev pairs the same lead would need, where it fell short and is positive."""
+    lead, z = paired_lead(margins, best, fallback, beta, loss_type, criterion)
+    guard_z = paired_lead(margins, best, fallback, beta, loss_type, guard)[1] if guard else None
+    rivals, n = max(1, len(margins) - 1), len(margins[best])
     threshold = NormalDist().inv_cdf(1 - (1 - confidence) / rivals) if confidence else -np.inf
-    passed = bool(best == fallback or z >= threshold)
-    needed = int(np.ceil(n * (threshold / z) ** 2)) if not passed and 0 < z < np.inf else None
-    return {"best": best, "fallback": fallback, "confidence": confidence, "rivals": rivals, "lead": mean,
-            "z": float(z), "z_needed": float(threshold), "passed": passed, "dev_pairs": n, "dev_pairs_needed": needed}
+    harm_bound = -NormalDist().inv_cdf(confidence) if confidence and guard else -np.inf
+    harmed = guard_z is not None and guard_z <= harm_bound
+    passed = bool(best == fallback or (z >= threshold and not harmed))
+    needed = int(np.ceil(n * (threshold / z) ** 2)) if z < threshold and 0 < z < np.inf else None
+    return {"best": best, "fallback": fallback, "confidence": confidence, "rivals": rivals, "lead": lead, "z": z,
+            "z_needed": float(threshold), "guard": guard, "guard_z": guard_z, "guard_bound": float(harm_bound),
+            "harmed": harmed, "passed": passed, "dev_pairs": n, "dev_pairs_needed": needed}
 
 
 def paired_gaps(margins: dict[str, pd.Series], chosen: str, beta: float, loss_type: str, criterion: str) -> dict:
@@ -140,14 +155,14 @@ def spearman(x: list[float], y: list[float]) -> float | None:
 
 
 def decide(margins: dict[str, pd.Series], kept: dict[str, float], beta: float, loss_type: str, criterion: str,
-           fallback: str | None, confidence: float) -> dict:
+           fallback: str | None, confidence: float, guard: str | None) -> dict:
     """The choice from each candidate's dev margins: the best by `criterion`, kept only where the gate passes it
     over the fallback (see `gate`); every candidate's dev criteria, kept fraction and paired gap to the chosen."""
     if fallback is not None and fallback not in margins:
         raise ValueError(f"the fallback {fallback!r} is not among the candidates {sorted(margins)}")
     criteria = dev_criteria(margins, beta, loss_type)
     best = choose(criteria, kept, criterion)
-    checked = gate(margins, best, fallback, beta, loss_type, criterion, confidence) if fallback else None
+    checked = gate(margins, best, fallback, beta, loss_type, criterion, confidence, guard) if fallback else None
     chosen = best if checked is None or checked["passed"] else fallback
     gaps = paired_gaps(margins, chosen, beta, loss_type, criterion)
     candidates = {name: {"kept_fraction": kept[name], **criteria[name], **gaps[name]} for name in margins}
@@ -162,11 +177,11 @@ def read_margins(names: list[str], logps: list[str], ref: list[str]) -> dict[str
 
 
 def run(names: list[str], logps: list[str], ref: list[str], selections: list[str], beta: float, loss_type: str,
-        criterion: str, fallback: str | None, confidence: float) -> tuple[dict, str]:
+        criterion: str, fallback: str | None, confidence: float, guard: str | None) -> tuple[dict, str]:
     """The tournament from its files: the choice (`decide`) and the path of the chosen candidate's selection."""
     margins = read_margins(names, logps, ref)
     kept = {name: float(pd.read_parquet(path)["selected"].mean()) for name, path in zip(names, selections, strict=True)}
-    choice = decide(margins, kept, beta, loss_type, criterion, fallback, confidence)
+    choice = decide(margins, kept, beta, loss_type, criterion, fallback, confidence, guard)
     return choice, dict(zip(names, selections))[choice["chosen"]]
 
 
@@ -238,12 +253,17 @@ def gate_sentence(gate: dict | None, criterion: str) -> str:
     test = (f"paired lead of `{g['best']}` over `{g['fallback']}` on the {g['dev_pairs']} dev pairs: z = {g['z']:.2f}; "
             + (f"{g['z_needed']:.2f} needed for {100 * g['confidence']:g}% confidence against {g['rivals']} rival "
                "candidates" if g["confidence"] else "no test configured (confidence 0)"))
+    guard = (f"; on the guard, {g['guard']}, z = {g['guard_z']:.2f} against a bound of {g['guard_bound']:.2f}"
+             if g["guard"] and g["confidence"] else "")
     if g["passed"]:
-        return f"Chose `{g['best']}`, the best by {criterion}, over the fallback ({test})."
+        return f"Chose `{g['best']}`, the best by {criterion}, over the fallback ({test}{guard})."
+    if g["z"] >= g["z_needed"]:  # the lead counted, the harm to the guard did too
+        return (f"**Kept the fallback `{g['fallback']}`**: `{g['best']}` leads it on {criterion} but trails it on "
+                f"{g['guard']} ({test}{guard}): its lead came with worse agreement with the dev labels.")
     needed = (f"; the same lead would need about {g['dev_pairs_needed']} dev pairs" if g["dev_pairs_needed"]
               else "; the best candidate shows no lead at all")
     return (f"**Kept the fallback `{g['fallback']}`**: {g['dev_pairs']} dev pairs cannot tell `{g['best']}` "
-            f"from it ({test}){needed}.")
+            f"from it ({test}{guard}){needed}.")
 
 
 def report_markdown(rep: dict) -> str:
