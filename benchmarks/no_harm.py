@@ -7,7 +7,7 @@ and what the judge says of that choice against full data.
 Each run folder is a finished workflow run with an `auto` selector whose candidates trained final models (no
 screening): its dev log-probs (eval/dev/logps/), the SFT model's (logps/ref/dev/), the selections and the judge's
 eval/results.json. The options: the dev criterion × the gate's confidence (0: the best candidate, no test) ×
-the guard (dev accuracy, or none) × the number of dev pairs (a subset drawn with a fixed seed, the same for every
+the guard (none, or dev accuracy at each guard confidence) × the number of dev pairs (a subset drawn with a fixed seed, the same for every
 candidate). Per option: the choice
 in each run, its judge score minus full data's, the mean of that over runs, and the worst run. Nothing is
 trained; the replay runs the tournament's own `decide`.
@@ -48,7 +48,7 @@ def subset(margins: dict[str, pd.Series], n: int | None, seed: int) -> dict[str,
     return {name: h.loc[keep] for name, h in margins.items()}
 
 
-def replay(runs: dict[str, dict], criterion: str, confidence: float, guard: str | None, n_dev: int | None,
+def replay(runs: dict[str, dict], criterion: str, confidence: float, guard: dict | None, n_dev: int | None,
            fallback: str) -> dict:
     rows = {}
     for name, run in runs.items():
@@ -87,7 +87,8 @@ def markdown(results: list[dict], runs: dict[str, dict], fallback: str) -> str:
     for r in results:
         cells = [f"{run['chosen']} ({run['delta']:+.3f}" + ("" if run["z"] is None else f", z {run['z']:.2f}") + ")"
                  for run in (r["runs"][n] for n in names)]
-        lines.append(f"| {r['criterion']} | {r['confidence']:g} | {r['guard'] or '–'} | {r['dev_pairs'] or 'all'} | "
+        guard = f"{r['guard']['criterion']} at {r['guard']['confidence']:g}" if r["guard"] else "–"
+        lines.append(f"| {r['criterion']} | {r['confidence']:g} | {guard} | {r['dev_pairs'] or 'all'} | "
                      f"{' | '.join(cells)} | "
                      f"{r['mean_delta']:+.3f} | {r['worst_delta']:+.3f} |")
     return "\n".join(lines) + "\n"
@@ -99,16 +100,16 @@ def main() -> None:
     parser.add_argument("--fallback", default="full")
     parser.add_argument("--confidences", nargs="+", type=float, default=CONFIDENCES)
     parser.add_argument("--criteria", nargs="+", choices=list(CRITERIA), default=list(CRITERIA))
-    parser.add_argument("--guards", nargs="*", choices=list(CRITERIA), default=["dev_accuracy"],
-                        help="guards to try beside none")
+    parser.add_argument("--guard-confidences", nargs="*", type=float, default=[0.8],
+                        help="confidences of a dev-accuracy guard to try, beside no guard")
     parser.add_argument("--dev-pairs", nargs="*", type=int, default=[], help="also on subsets of this many dev pairs")
     parser.add_argument("--out", help="markdown file; json beside it")
     args = parser.parse_args()
     runs = {Path(run).name: load_run(Path(run)) for run in args.runs}
-    guards = [None] + [g for g in args.guards if g]
+    guards = [None, *({"criterion": "dev_accuracy", "confidence": c} for c in args.guard_confidences)]
     results = [replay(runs, criterion, confidence, guard, n_dev, args.fallback)
                for n_dev in [None, *args.dev_pairs] for criterion in args.criteria for confidence in args.confidences
-               for guard in guards if not (guard and (not confidence or guard == criterion))]
+               for guard in guards if not (guard and guard["criterion"] == criterion)]
     text = markdown(results, runs, args.fallback)
     print(text)
     if args.out:

@@ -19,6 +19,7 @@ from prefselect.tournament import (adopt_winner, candidate_names, choose, decide
 
 MAX_LENGTH = 64
 BETA = 0.1
+GUARD = {"criterion": "dev_accuracy", "confidence": 0.8}
 
 
 def config_with(selectors: dict) -> dict:
@@ -34,7 +35,7 @@ def test_a_grid_expands_to_band_rules_that_keep_their_fraction():
     assert made["lossdiff_irm_middle80"] == {
         "kind": "bands", "bands": {"lossdiff": [10, 90], "irm": [10, 90]}, "fraction": 0.8}  # the paper's shape
     assert selectors["auto"] == {"kind": "auto", "grid": grid, "candidates": [], "criterion": "dev_margin",
-                                 "screen_epochs": None, "fallback": "full", "confidence": 0.9, "guard": "dev_accuracy",
+                                 "screen_epochs": None, "fallback": "full", "confidence": 0.9, "guard": GUARD,
                                  "final": {"label_smoothing": 0}}
     assert candidate_names(selectors["auto"])[-1] == "full"  # the fallback competes too
     rng = np.random.default_rng(0)
@@ -185,7 +186,7 @@ def test_a_lead_bought_with_worse_dev_accuracy_keeps_the_fallback():
     bold = pd.Series(np.where(np.arange(n) % 2 == 0, 10.0, -1.0), index=ids)  # right on 20, large margins
     better = pd.Series(np.where(np.arange(n) < 34, 10.0, -1.0), index=ids)  # large margins and right more often
     kept = {"full": 1.0, "bold": 0.6, "better": 0.6}
-    guarded = decide({"full": steady, "bold": bold}, kept, BETA, "sigmoid", "dev_margin", "full", 0.8, "dev_accuracy")
+    guarded = decide({"full": steady, "bold": bold}, kept, BETA, "sigmoid", "dev_margin", "full", 0.8, GUARD)
     gate = guarded["gate"]
     lead = BETA * (bold - steady)
     assert gate["z"] == pytest.approx(lead.mean() / lead.std(ddof=1) * np.sqrt(n)) and gate["z"] > gate["z_needed"]
@@ -196,7 +197,7 @@ def test_a_lead_bought_with_worse_dev_accuracy_keeps_the_fallback():
     assert "trails it on dev_accuracy" in gate_sentence(gate, "dev_margin")
     assert decide({"full": steady, "bold": bold}, kept, BETA, "sigmoid", "dev_margin", "full", 0.8, None)["chosen"] == "bold"
     assert decide({"full": steady, "better": better}, kept, BETA, "sigmoid", "dev_margin", "full", 0.8,
-                  "dev_accuracy")["chosen"] == "better"
+                  GUARD)["chosen"] == "better"
 
 
 def test_the_winners_model_is_adopted_without_a_second_copy(candidates, tmp_path):

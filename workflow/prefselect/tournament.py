@@ -110,23 +110,24 @@ def paired_lead(margins: dict[str, pd.Series], a: str, b: str, beta: float, loss
 
 
 def gate(margins: dict[str, pd.Series], best: str, fallback: str, beta: float, loss_type: str, criterion: str,
-         confidence: float, guard: str | None) -> dict:
+         confidence: float, guard: dict | None) -> dict:
     """Whether the dev pairs separate the best candidate from the fallback. Its paired lead on `criterion`, as a z
     score, must reach the one-sided z of `confidence` with a Bonferroni correction for the other candidates, any of
-    which could have led by chance (the winner's curse); and on the `guard` criterion it must not trail the
-    fallback with that confidence (one-sided, one test): a lead bought by harm to the guard does not count (a
-    model can raise its dev margin by growing confident, right or wrong). Confidence 0 tests nothing.
+    which could have led by chance (the winner's curse; confidence 0: no test); and on the guard's criterion it
+    must not trail the fallback with the guard's confidence (one-sided, one test): a lead bought by harm to the
+    guard does not count (a model can raise its dev margin by growing confident, right or wrong).
     `dev_pairs_needed`: about how many dev pairs the same lead would need, where it fell short and is positive."""
     lead, z = paired_lead(margins, best, fallback, beta, loss_type, criterion)
-    guard_z = paired_lead(margins, best, fallback, beta, loss_type, guard)[1] if guard else None
     rivals, n = max(1, len(margins) - 1), len(margins[best])
     threshold = NormalDist().inv_cdf(1 - (1 - confidence) / rivals) if confidence else -np.inf
-    harm_bound = -NormalDist().inv_cdf(confidence) if confidence and guard else -np.inf
+    guard_z = paired_lead(margins, best, fallback, beta, loss_type, guard["criterion"])[1] if guard else None
+    harm_bound = -NormalDist().inv_cdf(guard["confidence"]) if guard else -np.inf
     harmed = guard_z is not None and guard_z <= harm_bound
     passed = bool(best == fallback or (z >= threshold and not harmed))
     needed = int(np.ceil(n * (threshold / z) ** 2)) if z < threshold and 0 < z < np.inf else None
     return {"best": best, "fallback": fallback, "confidence": confidence, "rivals": rivals, "lead": lead, "z": z,
-            "z_needed": float(threshold), "guard": guard, "guard_z": guard_z, "guard_bound": float(harm_bound),
+            "z_needed": float(threshold), "guard": guard and guard["criterion"], "guard_z": guard_z,
+            "guard_bound": float(harm_bound),
             "harmed": harmed, "passed": passed, "dev_pairs": n, "dev_pairs_needed": needed}
 
 
@@ -155,7 +156,7 @@ def spearman(x: list[float], y: list[float]) -> float | None:
 
 
 def decide(margins: dict[str, pd.Series], kept: dict[str, float], beta: float, loss_type: str, criterion: str,
-           fallback: str | None, confidence: float, guard: str | None) -> dict:
+           fallback: str | None, confidence: float, guard: dict | None) -> dict:
     """The choice from each candidate's dev margins: the best by `criterion`, kept only where the gate passes it
     over the fallback (see `gate`); every candidate's dev criteria, kept fraction and paired gap to the chosen."""
     if fallback is not None and fallback not in margins:
@@ -177,7 +178,7 @@ def read_margins(names: list[str], logps: list[str], ref: list[str]) -> dict[str
 
 
 def run(names: list[str], logps: list[str], ref: list[str], selections: list[str], beta: float, loss_type: str,
-        criterion: str, fallback: str | None, confidence: float, guard: str | None) -> tuple[dict, str]:
+        criterion: str, fallback: str | None, confidence: float, guard: dict | None) -> tuple[dict, str]:
     """The tournament from its files: the choice (`decide`) and the path of the chosen candidate's selection."""
     margins = read_margins(names, logps, ref)
     kept = {name: float(pd.read_parquet(path)["selected"].mean()) for name, path in zip(names, selections, strict=True)}
@@ -254,7 +255,7 @@ def gate_sentence(gate: dict | None, criterion: str) -> str:
             + (f"{g['z_needed']:.2f} needed for {100 * g['confidence']:g}% confidence against {g['rivals']} rival "
                "candidates" if g["confidence"] else "no test configured (confidence 0)"))
     guard = (f"; on the guard, {g['guard']}, z = {g['guard_z']:.2f} against a bound of {g['guard_bound']:.2f}"
-             if g["guard"] and g["confidence"] else "")
+             if g["guard"] else "")
     if g["passed"]:
         return f"Chose `{g['best']}`, the best by {criterion}, over the fallback ({test}{guard})."
     if g["z"] >= g["z_needed"]:  # the lead counted, the harm to the guard did too
