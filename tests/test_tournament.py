@@ -35,7 +35,7 @@ def test_a_grid_expands_to_band_rules_that_keep_their_fraction():
     assert made["lossdiff_irm_middle80"] == {
         "kind": "bands", "bands": {"lossdiff": [10, 90], "irm": [10, 90]}, "fraction": 0.8}  # the paper's shape
     assert selectors["auto"] == {"kind": "auto", "grid": grid, "candidates": [], "criterion": "dev_margin",
-                                 "screen_epochs": None, "fallback": "full", "confidence": 0.9, "guard": GUARD,
+                                 "screen_epochs": None, "fallback": "full", "confidence": 0, "guard": GUARD,
                                  "final": {"label_smoothing": 0}}
     assert candidate_names(selectors["auto"])[-1] == "full"  # the fallback competes too
     rng = np.random.default_rng(0)
