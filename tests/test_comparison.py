@@ -51,5 +51,10 @@ def test_tournaments_beside_the_results_are_summarised(tmp_path):
     assert "| dev_margin (configured) | x, y | 0.020 ± 0.028 | 0.60 ± 0.28 |" in table
     assert "| dev_loss | full, full | 0.100 ± 0.000 | – |" in table
     assert "| the choice made, after the fallback's gate | x, full | 0.000 ± 0.000 | – |" in table
+    for name, auc in (("a", 0.6), ("b", 0.7)):
+        (tmp_path / name / "deciles.json").write_text(json.dumps({"irm": {"auc_flipped_low": auc, "deciles": []}}))
+    with_aucs = compare_runs(runs, ["full"])
+    assert with_aucs["deciles"]["irm"]["mean"] == pytest.approx(0.65)
+    assert "| irm | 0.650 ± 0.071 |" in comparison_markdown(with_aucs)
     (tmp_path / "b" / "tournament.json").unlink()  # only where every run has one
     assert "tournament" not in compare_runs(runs, ["full"])

@@ -31,10 +31,17 @@ def compare_runs(result_files: list[str], baselines: list[str]) -> dict:
                 row[f"vs_{base}"] = _mean_std([run[name]["win_rate"] - run[base]["win_rate"] for run in runs])
         table[name] = row
     comparison = {"runs": result_files, "n_runs": len(runs), "baselines": baselines, "selectors": table}
-    tournaments = [Path(f).with_name("tournament.json") for f in result_files]
-    if all(path.exists() for path in tournaments):
-        comparison["tournament"] = tournament_summary([json.loads(path.read_text()) for path in tournaments])
+    for name, summarise in (("tournament", tournament_summary), ("deciles", auc_summary)):
+        beside = [Path(f).with_name(f"{name}.json") for f in result_files]
+        if all(path.exists() for path in beside):
+            comparison[name] = summarise([json.loads(path.read_text()) for path in beside])
     return comparison
+
+
+def auc_summary(reports: list[dict]) -> dict:
+    """Over the runs (`deciles.json` beside each results.json, where the ground truth is known): each score's AUC
+    for "flipped pairs score low"."""
+    return {score: _mean_std([rep[score]["auc_flipped_low"] for rep in reports]) for score in reports[0]}
 
 
 def tournament_summary(reports: list[dict]) -> dict:
@@ -74,6 +81,10 @@ def comparison_markdown(comparison: dict) -> str:
     lines.append(f"Mean ± standard deviation over {comparison['n_runs']} runs (seeds); Δ = paired difference of win rates.")
     if "tournament" in comparison:
         lines += ["", *tournament_markdown(comparison["tournament"], comparison["n_runs"])]
+    if "deciles" in comparison:
+        lines += ["", "AUC of each score for \"flipped pairs score low\" (0.5: the score does not see the noise), mean "
+                      f"± std over {comparison['n_runs']} runs:", "", "| score | AUC |", "|---|---|"]
+        lines += [f"| {score} | {auc['mean']:.3f} ± {auc['std']:.3f} |" for score, auc in comparison["deciles"].items()]
     return "\n".join(lines) + "\n"
 
 
