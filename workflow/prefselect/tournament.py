@@ -253,14 +253,14 @@ def gate_sentence(gate: dict | None, criterion: str) -> str:
         return f"The fallback `{g['fallback']}` is itself the best candidate by {criterion}."
     test = (f"paired lead of `{g['best']}` over `{g['fallback']}` on the {g['dev_pairs']} dev pairs: z = {g['z']:.2f}; "
             + (f"{g['z_needed']:.2f} needed for {100 * g['confidence']:g}% confidence against {g['rivals']} rival "
-               "candidates" if g["confidence"] else "no test configured (confidence 0)"))
+               "candidates" if g["confidence"] else "no lead test (confidence 0)"))
     guard = (f"; on the guard, {g['guard']}, z = {g['guard_z']:.2f} against a bound of {g['guard_bound']:.2f}"
              if g["guard"] else "")
     if g["passed"]:
         return f"Chose `{g['best']}`, the best by {criterion}, over the fallback ({test}{guard})."
     if g["z"] >= g["z_needed"]:  # the lead counted, the harm to the guard did too
         return (f"**Kept the fallback `{g['fallback']}`**: `{g['best']}` leads it on {criterion} but trails it on "
-                f"{g['guard']} ({test}{guard}): its lead came with worse agreement with the dev labels.")
+                f"{g['guard']} ({test}{guard}): its lead came at the cost of {g['guard']}.")
     needed = (f"; the same lead would need about {g['dev_pairs_needed']} dev pairs" if g["dev_pairs_needed"]
               else "; the best candidate shows no lead at all")
     return (f"**Kept the fallback `{g['fallback']}`**: {g['dev_pairs']} dev pairs cannot tell `{g['best']}` "
