@@ -251,3 +251,14 @@ def test_no_argument_of_a_step_has_a_default_that_a_setting_should_give():
         for action in parser._actions:
             if action.dest not in own:
                 assert action.default in (None, False), (name, action.dest, action.default)
+
+
+def test_small_numbers_reach_a_step_as_numbers():
+    """The JSON a rule hands a step writes 1e-05 without a dot, which YAML 1.1 would read as a string."""
+    from prefselect import settings
+
+    config = validate({"model": {"path": "org/m"}, "data": {"source": "pairs.jsonl"},
+                       "training": {"learning_rate": 1.0e-5}})
+    handed = settings.step_config(config, "train", "warmup")
+    assert '"learning_rate": 1e-05' in handed
+    assert settings.load(handed, "train", "warmup").training.learning_rate == 1e-5

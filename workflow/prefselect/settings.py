@@ -324,8 +324,9 @@ def read_config(value: str | None) -> dict:
     """A `--config` value: a YAML config file, or config keys as inline JSON; nothing gives {}."""
     if value is None:
         return {}
-    text = value if value.lstrip().startswith("{") else Path(value).read_text()
-    loaded = yaml.safe_load(text) or {}
+    # Inline keys are JSON, read as JSON: YAML 1.1 reads JSON's 1e-05 as a string.
+    inline = value.lstrip().startswith("{")
+    loaded = json.loads(value) if inline else yaml.safe_load(Path(value).read_text()) or {}
     if not isinstance(loaded, dict):
         raise ValueError(f"--config {value!r}: a config is a mapping of keys, like config/config.yaml")
     return loaded
