@@ -6,11 +6,10 @@ and what the judge says of that choice against full data.
 
 Each run folder is a finished workflow run with an `auto` selector whose candidates trained final models (no
 screening): its dev log-probs (eval/dev/logps/), the SFT model's (logps/ref/dev/), the selections and the judge's
-eval/results.json. The options: the dev criterion × the gate's confidence (0: the best candidate, no test) ×
-the guard (none, or dev accuracy at each guard confidence) × the number of dev pairs (a subset drawn with a fixed seed, the same for every
-candidate). Per option: the choice
-in each run, its judge score minus full data's, the mean of that over runs, and the worst run. Nothing is
-trained; the replay runs the tournament's own `decide`.
+eval/results.json. The options: the dev criterion × the lead test's confidence (0: no test) × the guard (none,
+or a criterion at a confidence) × the number of dev pairs (a subset drawn with a fixed seed, the same for every
+candidate). Per option: the choice in each run, its judge score minus full data's, the mean of that over runs,
+and the worst run. Nothing is trained; the replay runs the tournament's own `decide`.
 """
 
 from __future__ import annotations
@@ -100,13 +99,14 @@ def main() -> None:
     parser.add_argument("--fallback", default="full")
     parser.add_argument("--confidences", nargs="+", type=float, default=CONFIDENCES)
     parser.add_argument("--criteria", nargs="+", choices=list(CRITERIA), default=list(CRITERIA))
-    parser.add_argument("--guard-confidences", nargs="*", type=float, default=[0.8],
-                        help="confidences of a dev-accuracy guard to try, beside no guard")
+    parser.add_argument("--guards", nargs="*", choices=list(CRITERIA), default=["dev_accuracy"],
+                        help="guard criteria to try, beside no guard")
+    parser.add_argument("--guard-confidences", nargs="*", type=float, default=[0.8])
     parser.add_argument("--dev-pairs", nargs="*", type=int, default=[], help="also on subsets of this many dev pairs")
     parser.add_argument("--out", help="markdown file; json beside it")
     args = parser.parse_args()
     runs = {Path(run).name: load_run(Path(run)) for run in args.runs}
-    guards = [None, *({"criterion": "dev_accuracy", "confidence": c} for c in args.guard_confidences)]
+    guards = [None, *({"criterion": g, "confidence": c} for g in args.guards for c in args.guard_confidences)]
     results = [replay(runs, criterion, confidence, guard, n_dev, args.fallback)
                for n_dev in [None, *args.dev_pairs] for criterion in args.criteria for confidence in args.confidences
                for guard in guards if not (guard and guard["criterion"] == criterion)]
