@@ -70,7 +70,15 @@ def test_pairs_are_labelled_as_stated(tmp_path, tiny_lm):
     assert not train.flipped[agreed].any()
     labelled = pd.concat([splits[name] for name in ("train", "val", "dev")])
     assert labelled.flipped.any()
-    assert all(stats[name]["ties_dropped"] > 0 for name in ("train",))  # equal agreed ratings tie
+    assert stats["train"]["ties_dropped"] > 0  # equal agreed ratings tie
+
+
+def test_noise_stats_count_where_the_flips_sit():
+    pairs = pd.DataFrame({"oracle_margin": [0.2, -0.3, 0.4, -1.5, 2.0, 1.2, 0.7, -0.1],
+                          "flipped": [False, True, False, True, False, False, False, True]})
+    assert ratings.noise_stats(pairs) == pytest.approx({
+        "flipped": 3 / 8, "close_pairs": 4 / 8, "flipped_where_means_differ_below_0.5": 2 / 4,
+        "flipped_where_means_differ_1_or_more": 1 / 3, "flipped_on_close_pairs": 2 / 3})
 
 
 def test_splits_share_no_text_and_reruns_give_the_same_pairs(tmp_path, tiny_lm):

@@ -56,4 +56,5 @@ def test_the_tournament_states_its_gate(out):
     assert gate["fallback"] == "full" and gate["rivals"] == 2 and gate["confidence"] == 0.5
     assert choice["chosen"] == (choice["best"] if gate["passed"] else "full")
     page = (out / "eval/tournament.md").read_text()
-    assert ("Kept the fallback `full`" in page) != gate["passed"] or gate["best"] == "full"
+    if gate["best"] != "full":  # the page says which way the gate went
+        assert ("Kept the fallback `full`" in page) == (not gate["passed"])

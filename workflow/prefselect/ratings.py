@@ -132,6 +132,20 @@ def _rendered(texts: pd.DataFrame, drawn: pd.DataFrame, prompt: str) -> pd.DataF
     })
 
 
+def noise_stats(pairs: pd.DataFrame) -> dict:
+    """Where the single-rater labels disagree with the means: overall, on close pairs (means less than 0.5 apart)
+    and on clear ones (1.0 or more), and the share of all flipped labels that sit on close pairs."""
+    gap, flipped = pairs.oracle_margin.abs(), pairs.flipped
+    close, clear = gap < 0.5, gap >= 1.0
+
+    def share(mask):
+        return float(flipped[mask].mean()) if mask.any() else None
+
+    return {"flipped": float(flipped.mean()), "close_pairs": float(close.mean()),
+            "flipped_where_means_differ_below_0.5": share(close), "flipped_where_means_differ_1_or_more": share(clear),
+            "flipped_on_close_pairs": float((flipped & close).sum() / flipped.sum()) if flipped.any() else None}
+
+
 def make_rated_pairs(model: str, texts: str, out_dir: str, *, prompt: str, n_train: int, n_val: int, n_dev: int,
                      n_test: int, test_min_gap: float, max_length: int, seed: int,
                      trust_remote_code: bool = False) -> dict:
@@ -152,11 +166,8 @@ def make_rated_pairs(model: str, texts: str, out_dir: str, *, prompt: str, n_tra
     for name in SPLITS:
         drawn, dropped = _draw(df, pools[name], wanted[name], name == "test", test_min_gap, rng)
         pairs = _rendered(df, drawn, prompt)
-        close = pairs.oracle_margin.abs() < 0.5
         stats[name] = {"pairs": len(pairs), "texts": len(pools[name]),
-                       ("dropped_small_gap" if name == "test" else "ties_dropped"): dropped,
-                       "flipped": float(pairs.flipped.mean()),
-                       "flipped_where_means_differ_below_0.5": float(pairs.flipped[close].mean()) if close.any() else None}
+                       ("dropped_small_gap" if name == "test" else "ties_dropped"): dropped, **noise_stats(pairs)}
         write_jsonl(pairs.to_dict("records"), out / f"{name}.jsonl")
     stats["seconds"] = round(time.time() - t0, 1)
     write_json(stats, out / "pairs_stats.json")  # last: its presence means the folder is complete
