@@ -63,6 +63,8 @@ rule final:
         directory(f"{OUT}/models/{{stage}}-{{selector}}"),
     log:
         f"{OUT}/logs/{{stage}}-{{selector}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/{{stage}}-{{selector}}.tsv"
     wildcard_constraints:
         stage="final|screen" if SCREEN_EPOCHS else "final",
         selector="|".join(TRAINED + CANDIDATES),
