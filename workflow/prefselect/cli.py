@@ -74,6 +74,8 @@ def dpo_steps(step) -> None:
     add(s, "eval-data", required=False, help="pairs to log the loss and reward margin of while training")
     add(s, "eval-ref", required=False, nargs="+", help="reference log-prob shards of --eval-data")
     add(s, "checkpoint-dir", required=False, help="where to keep checkpoints, and resume a killed run from")
+    add(s, "continue-from", required=False, nargs="?",
+        help="final stage: the selector's screen run (its folder) to continue from; none: train from --model")
 
 
 def shard_args(sub) -> None:

@@ -40,6 +40,7 @@ STEP_KEYS = {
     "external-score": (*FORWARD, "selectors.{selector}"),
     "select": ("seed", "selectors.{selector}"),
     "export": ("data.split",),
+    "screen-rung": ("method", "selectors.{selector}"),
     "tournament": ("method", "selectors.{selector}"),
     "tournament-report": ("selectors",),
     "sample": ("seed", "model.trust_remote_code", "evaluation.samples", "evaluation.max_new_tokens"),
@@ -54,7 +55,8 @@ TRAIN_STAGES = {
     "warmup": ("training.warmup_epochs", "training.warmup_fraction"),
     "aux": ("training.aux_epochs",),
     "final": ("training.final_epochs", "selectors.{selector}"),
-    "screen": ("selectors.{selector}", "selectors.{auto}"),
+    # A screen run is its final run, stopped early: the same keys, and where it stops.
+    "screen": ("training.final_epochs", "selectors.{selector}", "selectors.{auto}.kind", "selectors.{auto}.screen_epochs"),
     "crossfit": ("training.warmup_epochs", "crossfit.folds"),
 }
 

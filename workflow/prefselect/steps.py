@@ -189,7 +189,8 @@ def train(a, s: Settings):
     settings = DPOSettings.of(s, a.stage, a.selector, **({} if a.checkpoint_dir else {"save_steps": 0}))
     evaluation = (pd.read_parquet(a.eval_data), read_parquets(a.eval_ref)) if a.eval_data else (None, None)
     train_dpo(a.model, training_pairs(a, s), read_parquets(a.ref), a.out, settings, *evaluation,
-              checkpoint_dir=a.checkpoint_dir, trust_remote_code=s.model.trust_remote_code)
+              checkpoint_dir=a.checkpoint_dir, continue_from=a.continue_from,
+              trust_remote_code=s.model.trust_remote_code)
 
 
 def score(a, s: Settings):

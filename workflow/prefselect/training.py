@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -48,6 +49,22 @@ class AnnounceCheckpoints(TrainerCallback):
             print(f"prefselect train: checkpoint at step {state.global_step} in {args.output_dir}", flush=True)
 
 
+class StopAtScreen(TrainerCallback):
+    """Ends a screen run after its share of the final run's optimizer steps (rounded up), with a checkpoint that
+    the final run continues from: a screen run is its final run, stopped."""
+
+    def __init__(self, share: float):
+        self.share = share
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= stop_step(state.max_steps, self.share):
+            control.should_training_stop = control.should_save = True
+
+
+def stop_step(max_steps: int, share: float) -> int:
+    return math.ceil(round(share * max_steps, 9))  # rounded first: 0.1 * 30 is 3.0000000000000004
+
+
 @dataclass(frozen=True)
 class DPOSettings:
     """One DPO run; `of` builds it from the config, whose schema holds every default."""
@@ -63,6 +80,7 @@ class DPOSettings:
     save_steps: int  # a resumable checkpoint every that many optimizer steps; 0: none
     micro_batch_size: int  # pairs per forward pass of one process; 0: its whole share of the batch
     gradient_checkpointing: bool  # recompute activations in the backward pass: less memory, ~30% slower
+    stop_epochs: float | None = None  # a screen run: this run, stopped after that many of its epochs
     eval_steps: float = 0.05  # no config key: with an eval set, every that many steps; below 1, that share of the run
 
     def __post_init__(self):
@@ -73,19 +91,19 @@ class DPOSettings:
     @classmethod
     def of(cls, s: Settings, stage: str, selector: str | None = None, **changes) -> DPOSettings:
         """The run of `stage` (settings.TRAIN_STAGES) from its settings; a selector's final or screening run takes
-        the loss of the selector's own `final` settings, and screening the auto selector's `screen_epochs`."""
-        t = s.training
+        the loss of the selector's own `final` settings. A screen run is the selector's final run, stopped after
+        the auto selector's `screen_epochs`, so that the final run can continue from it."""
+        t, stop = s.training, None
         if stage == "screen":
-            epochs = s.auto()[1]["screen_epochs"]
-        else:
-            epochs = t.warmup_epochs if stage in ("warmup", "crossfit") else getattr(t, f"{stage}_epochs")
+            stage, stop = "final", s.auto()[1]["screen_epochs"]
+        epochs = t.warmup_epochs if stage in ("warmup", "crossfit") else getattr(t, f"{stage}_epochs")
         final = s.selector(selector)["final"] if selector else {}
         return replace(cls(
             beta=s.method.beta, loss_type=final.get("loss_type", s.method.loss_type),
             label_smoothing=final.get("label_smoothing", default("selectors.*.final.label_smoothing")),
             epochs=epochs, learning_rate=t.learning_rate, batch_size=t.batch_size, max_length=s.data.max_length,
             seed=s.seed, save_steps=t.save_steps, micro_batch_size=t.micro_batch_size,
-            gradient_checkpointing=t.gradient_checkpointing,
+            gradient_checkpointing=t.gradient_checkpointing, stop_epochs=stop,
         ), **changes)
 
 
@@ -157,13 +175,14 @@ def build_trainer(
     model_path: str, dataset: Dataset, settings: DPOSettings, work_dir: str, eval_dataset: Dataset | None = None, **load
 ) -> DPOTrainer:
     model = load_model(model_path, **load)
+    screen = [StopAtScreen(settings.stop_epochs / settings.epochs)] if settings.stop_epochs else []
     return PrecomputedRefDPOTrainer(
         model=model,
         args=dpo_config(settings, work_dir, evaluate=eval_dataset is not None),
         train_dataset=dataset,
         eval_dataset=eval_dataset,
         processing_class=load_tokenizer(model_path, **load),
-        callbacks=[AnnounceCheckpoints()],
+        callbacks=[AnnounceCheckpoints(), *screen],
     )
 
 
@@ -189,7 +208,8 @@ def run_key(model_path: str, pairs: pd.DataFrame, ref_logps: pd.DataFrame, setti
         "model": provenance.model_fingerprint(model_path),
         "pairs": [None if f is None else provenance.pairs_fingerprint(f) for f in frames],
         "ref": [None if f is None else provenance.frame_fingerprint(f) for f in (ref_logps, eval_ref_logps)],
-        "settings": {k: v for k, v in asdict(settings).items() if k != "save_steps"},
+        # A screen run and its final run are one run: the final run continues from the screen run's checkpoint.
+        "settings": {k: v for k, v in asdict(settings).items() if k not in ("save_steps", "stop_epochs")},
         # DeepSpeed's optimizer states are sharded per process: they resume only under the same launch.
         "processes": [os.environ.get("WORLD_SIZE", "1"), os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")],
     })
@@ -201,6 +221,20 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
+RESUME = "resume"  # a screen run's folder: the checkpoint its final run continues from
+RUN_KEY = "prefselect_run.json"
+
+
+def screen_checkpoint(screen_dir: str, key: str) -> Path:
+    """The checkpoint of the screen run `screen_dir`, checked to be the first part of the run of `key`."""
+    checkpoint = Path(screen_dir) / RESUME
+    recorded = json.loads((checkpoint / RUN_KEY).read_text())["key"] if (checkpoint / RUN_KEY).is_file() else None
+    if recorded != key:
+        raise ValueError(f"{screen_dir} is no screen run of this final run (other inputs or settings, or no "
+                         "checkpoint); rerun its screen job")
+    return checkpoint
+
+
 def train_dpo(
     model_path: str,
     pairs: pd.DataFrame,
@@ -210,6 +244,7 @@ def train_dpo(
     eval_pairs: pd.DataFrame | None = None,
     eval_ref_logps: pd.DataFrame | None = None,
     checkpoint_dir: str | None = None,
+    continue_from: str | None = None,
     **load,
 ) -> list[dict]:
     """Train `model_path` with DPO on `pairs` against the given reference log-probs; save to `out_dir`.
@@ -221,27 +256,36 @@ def train_dpo(
     the same inputs resumes from the newest one: it makes the same optimizer steps, on the same batches, as an
     uninterrupted run. `checkpoint_dir` is removed once `out_dir` is complete.
 
+    A screen run (`settings.stop_epochs`) stops part-way and keeps its last checkpoint in `out_dir/resume`; its
+    final run, given that folder as `continue_from`, resumes there, so it ends as an uninterrupted final run would.
+
     Under `accelerate launch` every process trains and calls `save_model` (ZeRO-3 gathers the weight shards from
     all of them), but only the main process writes the folder and renames it into place.
     """
     eval_dataset = None if eval_pairs is None else with_ref_logps(eval_pairs, eval_ref_logps)
+    # Every process of a distributed run computes the same key, so they share the folder.
+    key = run_key(model_path, pairs, ref_logps, settings, eval_pairs, eval_ref_logps)
     with contextlib.ExitStack() as stack:
         if checkpoint_dir and settings.save_steps:
-            # Every process of a distributed run computes the same key, so they share the folder.
-            key = run_key(model_path, pairs, ref_logps, settings, eval_pairs, eval_ref_logps)
             work = Path(checkpoint_dir) / f"run-{key}"
             resume = last_checkpoint(work) if work.is_dir() else None
         else:
             work, resume = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="prefselect-train."))), None
+        if continue_from and resume is None:
+            resume = screen_checkpoint(continue_from, key)
         trainer = build_trainer(model_path, with_ref_logps(pairs, ref_logps), settings, str(work), eval_dataset, **load)
         describe_processes(trainer)
         if resume and trainer.accelerator.is_main_process:
-            print(f"prefselect train: resuming from {resume} (step {resume.name.split('-')[1]})", flush=True)
+            step = json.loads((resume / "trainer_state.json").read_text())["global_step"]
+            print(f"prefselect train: resuming from {resume} (step {step})", flush=True)
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    with output_folder(out_dir) as tmp:
-        trainer.save_model(str(tmp))
-        history = trainer.state.log_history
-        (Path(tmp) / "training_log.json").write_text(json.dumps(history, indent=1))
+        with output_folder(out_dir) as tmp:
+            trainer.save_model(str(tmp))
+            history = trainer.state.log_history
+            (Path(tmp) / "training_log.json").write_text(json.dumps(history, indent=1))
+            if settings.stop_epochs and int(os.environ.get("RANK", 0)) == 0:
+                shutil.move(last_checkpoint(work), Path(tmp) / RESUME)
+                (Path(tmp) / RESUME / RUN_KEY).write_text(json.dumps({"key": key}))
     if checkpoint_dir and int(os.environ.get("RANK", 0)) == 0:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the model is complete; checkpoints of other runs are stale
     return history
