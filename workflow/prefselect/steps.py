@@ -286,6 +286,18 @@ def export(a, s: Settings):
     print(json.dumps(export(a.source, s.data.split, a.selection, a.out_jsonl, a.out_parquet)))
 
 
+def screen_rung(a, s: Settings):
+    from .io import write_json
+    from .tournament import read_candidates, screen_rung
+
+    auto = s.selector(a.selector)
+    margins, kept = read_candidates(a.names, a.logps, a.ref, a.selections)
+    rung = screen_rung(margins, kept, s.method.beta, s.method.loss_type, auto["criterion"], auto["finalists"],
+                       auto["fallback"])
+    write_json(rung, a.out)
+    print(f"finalists by {rung['criterion']}: {', '.join(rung['finalists'])}; cut: {', '.join(rung['cut'])}")
+
+
 def tournament(a, s: Settings):
     from . import provenance
     from .io import write_json
@@ -316,10 +328,30 @@ def tournament_report(a, s: Settings):
 
     choice, results = (json.loads(Path(path).read_text()) for path in (a.choice, a.results))
     _, auto = s.auto()
-    specs = {name: s.selector(name) for name in candidate_names(auto)}
-    rep = report(choice, results, specs, "screen" if auto.get("screen_epochs") else "final")
+    names = candidate_names(auto)
+    specs = {name: s.selector(name) for name in names}
+    rung = json.loads(Path(a.rung).read_text()) if a.rung else None
+    cost = halving_cost_of(names, rung, a.screens, a.benchmarks) if rung else None
+    rep = report(choice, results, specs, "screen" if auto["screen_epochs"] and not rung else "final", rung, cost)
     write_reports(rep, report_markdown(rep), a.out_json, a.out_md)
     tournament_figure(rep, a.out_png)
+
+
+def halving_cost_of(names: list[str], rung: dict, screens: list[str], benchmarks: list[str]) -> dict:
+    """`tournament.halving_cost` from the screen runs' trainer states and the jobs' Snakemake benchmark files (the
+    screen runs', then the finalists' in the rung's order)."""
+    from .tables import SCREEN_CHECKPOINT
+    from .tournament import halving_cost
+
+    if len(benchmarks) != len(names) + len(rung["finalists"]) or len(screens) != len(names):
+        raise ValueError(f"--screens and --benchmarks: one screen run and job per candidate of {names}, then one job "
+                         f"per finalist of {rung['finalists']}")
+    seconds = [float(pd.read_csv(path, sep="\t")["s"].iloc[0]) for path in benchmarks]
+    runs = {}
+    for name, folder, job_seconds in zip(names, screens, seconds):
+        state = json.loads((Path(folder) / SCREEN_CHECKPOINT / "trainer_state.json").read_text())
+        runs[name] = {"steps": state["global_step"], "max_steps": state["max_steps"], "seconds": job_seconds}
+    return halving_cost(runs, dict(zip(rung["finalists"], seconds[len(names):], strict=True)))
 
 
 # Evaluation and reports -----------------------------------------------------------------------------------------

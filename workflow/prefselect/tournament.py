@@ -87,13 +87,31 @@ def dev_criteria(margins: dict[str, pd.Series], beta: float, loss_type: str) -> 
     return results
 
 
-def choose(criteria: dict[str, dict], kept_fraction: dict[str, float], criterion: str) -> str:
-    """The best candidate by `criterion`. Ties go to the candidate that keeps more pairs, then to the earlier one
-    in configuration order: where the dev pairs cannot tell two rules apart, throwing data away has not paid."""
+def ranked(criteria: dict[str, dict], kept_fraction: dict[str, float], criterion: str) -> list[str]:
+    """The candidates from best to worst by `criterion`. Ties go to the candidate that keeps more pairs, then to
+    the earlier one in configuration order: where the dev pairs cannot tell two rules apart, throwing data away
+    has not paid."""
     key, best = CRITERIA[criterion]
     sign = 1 if best is max else -1
     order = {name: i for i, name in enumerate(criteria)}
-    return max(criteria, key=lambda name: (sign * criteria[name][key], kept_fraction[name], -order[name]))
+    return sorted(criteria, key=lambda name: (-sign * criteria[name][key], -kept_fraction[name], order[name]))
+
+
+def choose(criteria: dict[str, dict], kept_fraction: dict[str, float], criterion: str) -> str:
+    """The best candidate by `criterion` (see `ranked`)."""
+    return ranked(criteria, kept_fraction, criterion)[0]
+
+
+def screen_rung(margins: dict[str, pd.Series], kept: dict[str, float], beta: float, loss_type: str,
+                criterion: str, finalists: int, fallback: str | None) -> dict:
+    """The first rung of successive halving: every candidate's screen run judged on the dev pairs, and the
+    `finalists` best by `criterion` continue to their full runs, with the fallback, which the final rung's gate
+    compares the winner with on full models."""
+    criteria = dev_criteria(margins, beta, loss_type)
+    order = ranked(criteria, kept, criterion)
+    chosen = order[:finalists] + ([fallback] if fallback and fallback not in order[:finalists] else [])
+    return {"criterion": criterion, "finalists": chosen, "cut": [name for name in order if name not in chosen],
+            "candidates": {name: {"kept_fraction": kept[name], **criteria[name]} for name in margins}}
 
 
 def paired_lead(margins: dict[str, pd.Series], a: str, b: str, beta: float, loss_type: str,
@@ -177,13 +195,34 @@ def read_margins(names: list[str], logps: list[str], ref: list[str]) -> dict[str
     return {name: dev_margins(pd.read_parquet(path), reference) for name, path in zip(names, logps, strict=True)}
 
 
+def read_candidates(names: list[str], logps: list[str], ref: list[str], selections: list[str]) -> tuple[dict, dict]:
+    """Each candidate's dev margins h (`read_margins`) and the share of training pairs its selection keeps."""
+    kept = {name: float(pd.read_parquet(path)["selected"].mean()) for name, path in zip(names, selections, strict=True)}
+    return read_margins(names, logps, ref), kept
+
+
 def run(names: list[str], logps: list[str], ref: list[str], selections: list[str], beta: float, loss_type: str,
         criterion: str, fallback: str | None, confidence: float, guard: dict | None) -> tuple[dict, str]:
     """The tournament from its files: the choice (`decide`) and the path of the chosen candidate's selection."""
-    margins = read_margins(names, logps, ref)
-    kept = {name: float(pd.read_parquet(path)["selected"].mean()) for name, path in zip(names, selections, strict=True)}
+    margins, kept = read_candidates(names, logps, ref, selections)
     choice = decide(margins, kept, beta, loss_type, criterion, fallback, confidence, guard)
     return choice, dict(zip(names, selections))[choice["chosen"]]
+
+
+def halving_cost(screens: dict[str, dict], continued: dict[str, float]) -> dict:
+    """What successive halving trained, against a full tournament (every candidate's final run in full).
+
+    `screens`: per candidate, its screen run's optimizer steps (`steps`), its final run's (`max_steps`) and the
+    screen job's seconds; `continued`: per finalist, the seconds of the job that continued its screen run."""
+    screen_steps = sum(run["steps"] for run in screens.values())
+    finalist_steps = sum(screens[name]["max_steps"] - screens[name]["steps"] for name in continued)
+    full = sum(run["max_steps"] for run in screens.values())
+    return {"screen_steps": screen_steps, "finalist_steps": finalist_steps, "steps": screen_steps + finalist_steps,
+            "full_tournament_steps": full, "share_of_full": (screen_steps + finalist_steps) / full,
+            "screen_seconds": sum(run["seconds"] for run in screens.values()),
+            "finalist_seconds": sum(continued.values()),
+            "steps_per_candidate": {name: {"screen": run["steps"], "final": run["max_steps"]}
+                                    for name, run in screens.items()}}
 
 
 def describe(spec: dict) -> str:
@@ -201,11 +240,13 @@ def describe(spec: dict) -> str:
     return {"full": "all pairs", "random": "random"}.get(kind, kind) + target
 
 
-def report(choice: dict, results: dict, specs: dict, stage: str) -> dict:
+def report(choice: dict, results: dict, specs: dict, stage: str, rung: dict | None = None,
+           cost: dict | None = None) -> dict:
     """The page a user reads to decide: per candidate its rule, kept fraction, dev criteria, and the judge's win
     rate where that candidate's final model was evaluated; for each criterion, what it would choose, its rank
     correlation with the judge across those candidates and the regret of its choice (best win rate minus the
-    chosen one's); the configured criterion's choice is the one made."""
+    chosen one's); the configured criterion's choice is the one made. With successive halving, the screen rung
+    (`rung`, where the judged candidates are its finalists) and what the halving cost (`cost`)."""
     judged = results["selectors"]
     rows = {}
     for name, row in choice["candidates"].items():
@@ -233,7 +274,7 @@ def report(choice: dict, results: dict, specs: dict, stage: str) -> dict:
             "stage": stage, "opponent": results["opponent"], "spearman_criterion_vs_judge": made["spearman"],
             "best_in_hindsight": with_judge[int(np.argmax(rates))] if rates else None,
             "regret": max(rates) - rows[chosen]["win_rate"] if chosen in with_judge else None,
-            "by_criterion": by_criterion, "candidates": rows}
+            "by_criterion": by_criterion, "candidates": rows, "screen_rung": rung, "cost": cost}
 
 
 def _with_interval(row: dict, key: str, sign: str = "") -> str:
@@ -282,7 +323,9 @@ def report_markdown(rep: dict) -> str:
         "the SFT reference, the share of pairs it gets right (h > 0) and its DPO loss. Gap: the candidate's "
         f"{key} minus the chosen one's on the same pairs, with a paired interval."
         + (" Candidate models are shortened screening runs; the chosen rule's final model was trained in full."
-           if rep["stage"] == "screen" else ""),
+           if rep["stage"] == "screen" else "")
+        + (" The candidates here are the screen rung's finalists, on their full models." if rep.get("screen_rung")
+           else ""),
         "",
         header,
         "|" + "---|" * (header.count("|") - 1),
@@ -306,7 +349,28 @@ def report_markdown(rep: dict) -> str:
             mark = " (configured)" if criterion == rep["criterion"] else ""
             lines.append(f"| {criterion}{mark} | {made['chosen']} | {_or_dash(made['spearman'], '.2f')} | "
                          f"{_or_dash(made['regret'], '.3f')} |")
+    if rep.get("screen_rung"):
+        lines += ["", *rung_markdown(rep["screen_rung"], rep["cost"])]
     return "\n".join(lines) + "\n"
+
+
+def rung_markdown(rung: dict, cost: dict) -> list[str]:
+    """The screen rung of successive halving, and what the halving cost against a full tournament."""
+    key = CRITERIA[rung["criterion"]][0]
+    steps = cost["steps_per_candidate"]
+    lines = ["## Screen rung", "",
+             f"Every candidate's final run stopped part-way (its screen run) and judged on the dev pairs; the best by "
+             f"{rung['criterion']}, and the fallback, continued to their full runs (the table above); the others "
+             "were cut.", "",
+             f"| candidate | kept | screen steps of final | dev {key} [95%] | |", "|---|---|---|---|---|"]
+    for name, r in rung["candidates"].items():
+        lines.append(f"| {name} | {r['kept_fraction']:.2f} | {steps[name]['screen']} of {steps[name]['final']} | "
+                     f"{_with_interval(r, key)} | {'continued' if name in rung['finalists'] else 'cut'} |")
+    lines += ["", f"Cost: {cost['steps']} optimizer steps ({cost['screen_steps']} screening, {cost['finalist_steps']} "
+                  f"continuing {len(rung['finalists'])} finalists), {100 * cost['share_of_full']:.0f}% of the "
+                  f"{cost['full_tournament_steps']} of a full tournament; job time {cost['screen_seconds']:.0f} s "
+                  f"screening and {cost['finalist_seconds']:.0f} s continuing."]
+    return lines
 
 
 def adopt_winner(choice: dict, models: dict[str, str], out: str) -> str:

@@ -23,7 +23,7 @@ from .data import hash_position
 from .io import atomic_path
 from .models import load_model, load_tokenizer
 from .settings import Settings
-from .tables import TRL_REF
+from .tables import SCREEN_CHECKPOINT, TRL_REF
 
 
 
@@ -221,13 +221,12 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-RESUME = "resume"  # a screen run's folder: the checkpoint its final run continues from
 RUN_KEY = "prefselect_run.json"
 
 
 def screen_checkpoint(screen_dir: str, key: str) -> Path:
     """The checkpoint of the screen run `screen_dir`, checked to be the first part of the run of `key`."""
-    checkpoint = Path(screen_dir) / RESUME
+    checkpoint = Path(screen_dir) / SCREEN_CHECKPOINT
     recorded = json.loads((checkpoint / RUN_KEY).read_text())["key"] if (checkpoint / RUN_KEY).is_file() else None
     if recorded != key:
         raise ValueError(f"{screen_dir} is no screen run of this final run (other inputs or settings, or no "
@@ -284,8 +283,8 @@ def train_dpo(
             history = trainer.state.log_history
             (Path(tmp) / "training_log.json").write_text(json.dumps(history, indent=1))
             if settings.stop_epochs and int(os.environ.get("RANK", 0)) == 0:
-                shutil.move(last_checkpoint(work), Path(tmp) / RESUME)
-                (Path(tmp) / RESUME / RUN_KEY).write_text(json.dumps({"key": key}))
+                shutil.move(last_checkpoint(work), Path(tmp) / SCREEN_CHECKPOINT)
+                (Path(tmp) / SCREEN_CHECKPOINT / RUN_KEY).write_text(json.dumps({"key": key}))
     if checkpoint_dir and int(os.environ.get("RANK", 0)) == 0:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the model is complete; checkpoints of other runs are stale
     return history
