@@ -229,7 +229,7 @@ def test_the_readme_selection_only_lines_run_on_the_demo(workdir):
 def halving_config(directory: Path, **auto) -> str:
     """The e2e config with successive halving: each candidate's final run screened after half of its one epoch."""
     config = yaml.safe_load((REPO / "tests/e2e/config.yaml").read_text())
-    config["selectors"]["auto"].update(screen_epochs=0.5, finalists=1, **auto)
+    config["selectors"]["auto"].update({"screen_epochs": 0.5, "finalists": 1, **auto})
     path = directory / "halving.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
@@ -261,7 +261,7 @@ def test_halving_screens_every_candidate_and_continues_only_the_finalists(halvin
     continued = set(re.findall(r"--continue-from results/models/screen-(\w+) ", log))
     assert continued == set(rung["finalists"]) | (set(CANDIDATES) - GRID_ONLY)
     for name in continued:
-        assert f"resuming from {out}/models/screen-{name}/resume" in (out / f"logs/final-{name}.log").read_text()
+        assert f"resuming from results/models/screen-{name}/resume" in (out / f"logs/final-{name}.log").read_text()
     for name in set(rung["cut"]) & GRID_ONLY:  # a cut candidate with no selector of its own has no full run
         assert not (out / f"models/final-{name}").exists()
     choice = json.loads((out / "eval/dev/choice.json").read_text())
@@ -279,7 +279,7 @@ def test_halving_screens_every_candidate_and_continues_only_the_finalists(halvin
     rerun = snakemake(copy, "-p", config=halving_config(copy, finalists=len(CANDIDATES), criterion="dev_loss"))
     log = rerun.stdout + rerun.stderr
     assert "--stage screen" not in log and "checkpoint screen_rung:" in log
-    retrained = set(re.findall(r"--out results/models/final-(\w+)", log))
+    retrained = set(re.findall(r"train --stage final --selector (\w+)", log))
     assert retrained == GRID_ONLY - set(rung["finalists"])  # the named candidates' final runs are complete
 
 
