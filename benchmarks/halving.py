@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from prefselect.tournament import CRITERIA, spearman
+from prefselect.stats import spearman
+from prefselect.tournament import CRITERIA
 
 
 def read_json(path: Path) -> dict:

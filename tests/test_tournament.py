@@ -14,8 +14,9 @@ from conftest import build_tiny_lm, config_arg, loop_logps, make_pairs
 from prefselect.cli import main
 from prefselect.config import ConfigError, validate
 from prefselect.selection import select
-from prefselect.tournament import (adopt_winner, candidate_names, choose, decide, gate_sentence, grid_selectors,
-                                   halving_cost, ranked, report, report_markdown)
+from prefselect.kinds import candidate_names, grid_selectors
+from prefselect.tournament import (adopt_winner, choose, decide, gate_sentence, halving_cost, ranked, report,
+                                   report_markdown)
 
 MAX_LENGTH = 64
 BETA = 0.1

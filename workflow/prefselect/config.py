@@ -10,8 +10,7 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-from .selection import EXTERNAL_SCORE
-from .tournament import candidate_names, grid_selectors
+from .kinds import EXTERNAL_SCORE, candidate_names, grid_selectors
 
 # Inside the package, so that an installed prefselect (not only a checkout) validates configs;
 # workflow/schemas/config.schema.yaml, where Snakemake workflows keep their schema, links to it.

@@ -324,7 +324,8 @@ def adopt_winner(a, s: Settings):
 
 def tournament_report(a, s: Settings):
     from .plots import tournament_figure
-    from .tournament import candidate_names, report, report_markdown
+    from .kinds import candidate_names
+    from .tournament import report, report_markdown
 
     choice, results = (json.loads(Path(path).read_text()) for path in (a.choice, a.results))
     _, auto = s.auto()

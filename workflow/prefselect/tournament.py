@@ -23,33 +23,12 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_path
+from .kinds import EXTERNAL_SCORE
 from .scoring import implicit_reward_margin, pair_loss
-from .selection import EXTERNAL_SCORE
+from .stats import interval, outcome, spearman
 
 CRITERIA = {"dev_margin": ("margin", max), "dev_accuracy": ("accuracy", max), "dev_loss": ("loss", min)}
-# The band each shape starts from; the kept fraction then scales its cuts (selection.fit_bands).
-SHAPES = {"top": [50, 100], "bottom": [0, 50], "middle": [10, 90]}
-Z95 = 1.96
 LOGP_PAIRS = ("chosen_logp", "rejected_logp", "chosen_logp_ref", "rejected_logp_ref")
-
-
-def grid_selectors(grid: dict) -> dict[str, dict]:
-    """The band selectors of a grid {shapes, columns, fractions}, named `{columns}_{shape}{percent}`."""
-    selectors = {}
-    for columns in grid["columns"]:
-        for shape in grid["shapes"]:
-            for fraction in grid["fractions"]:
-                name = f"{columns.replace('+', '_')}_{shape}{round(100 * fraction)}"
-                bands = {column: list(SHAPES[shape]) for column in columns.split("+")}
-                selectors[name] = {"kind": "bands", "bands": bands, "fraction": fraction}
-    return selectors
-
-
-def candidate_names(spec: dict) -> list[str]:
-    """The candidates of an `auto` selector: those it lists, then its grid's, then its fallback, without repeats."""
-    grid = list(grid_selectors(spec["grid"])) if spec.get("grid") else []
-    fallback = [spec["fallback"]] if spec.get("fallback") else []
-    return list(dict.fromkeys([*spec.get("candidates", []), *grid, *fallback]))
 
 
 def dev_margins(logps: pd.DataFrame, ref: pd.DataFrame) -> pd.Series:
@@ -61,17 +40,11 @@ def dev_margins(logps: pd.DataFrame, ref: pd.DataFrame) -> pd.Series:
     return pd.Series(margin, index=paired["id"]).sort_index()
 
 
-def _interval(values: np.ndarray) -> tuple[float, float, float]:
-    mean = float(values.mean())
-    half = Z95 * float(values.std(ddof=1)) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return mean, mean - half, mean + half
-
-
 def per_pair(margins: pd.Series, beta: float, loss_type: str) -> pd.DataFrame:
     """Each dev pair's implicit reward margin β·h, outcome (1 right, 0.5 tie, 0 wrong) and DPO loss under one
     candidate."""
     h = margins.to_numpy()
-    return pd.DataFrame({"margin": beta * h, "accuracy": np.sign(h) * 0.5 + 0.5, "loss": pair_loss(beta * h, loss_type)},
+    return pd.DataFrame({"margin": beta * h, "accuracy": outcome(h), "loss": pair_loss(beta * h, loss_type)},
                         index=margins.index)
 
 
@@ -82,7 +55,7 @@ def dev_criteria(margins: dict[str, pd.Series], beta: float, loss_type: str) -> 
         outcome = per_pair(h, beta, loss_type)
         row = {"n": len(outcome)}
         for key, _ in CRITERIA.values():
-            row[key], row[f"{key}_low"], row[f"{key}_high"] = _interval(outcome[key].to_numpy())
+            row[key], row[f"{key}_low"], row[f"{key}_high"] = interval(outcome[key].to_numpy())
         results[name] = row
     return results
 
@@ -158,19 +131,9 @@ def paired_gaps(margins: dict[str, pd.Series], chosen: str, beta: float, loss_ty
     reference = per_pair(margins[chosen], beta, loss_type)[key]
     gaps = {}
     for name, h in margins.items():
-        mean, low, high = _interval((per_pair(h, beta, loss_type)[key] - reference).to_numpy())
+        mean, low, high = interval((per_pair(h, beta, loss_type)[key] - reference).to_numpy())
         gaps[name] = {"gap": mean, "gap_low": low, "gap_high": high}
     return gaps
-
-
-def spearman(x: list[float], y: list[float]) -> float | None:
-    """Rank correlation of two equally long lists; None below 3 values or without spread."""
-    from .agreement import correlation  # here: agreement draws figures, and config.py imports this module
-
-    if len(x) < 3:
-        return None
-    rho = correlation(pd.Series(x), pd.Series(y))["spearman"]
-    return None if np.isnan(rho) else rho
 
 
 def decide(margins: dict[str, pd.Series], kept: dict[str, float], beta: float, loss_type: str, criterion: str,
@@ -277,7 +240,7 @@ def report(choice: dict, results: dict, specs: dict, stage: str, rung: dict | No
             "by_criterion": by_criterion, "candidates": rows, "screen_rung": rung, "cost": cost}
 
 
-def _with_interval(row: dict, key: str, sign: str = "") -> str:
+def _withinterval(row: dict, key: str, sign: str = "") -> str:
     return f"{row[key]:{sign}.3f} [{row[f'{key}_low']:{sign}.3f}, {row[f'{key}_high']:{sign}.3f}]"
 
 
@@ -332,8 +295,8 @@ def report_markdown(rep: dict) -> str:
     ]
     for name, r in rep["candidates"].items():
         line = (f"| {f'**{name}**' if name == rep['chosen'] else name} | {r['rule']} | {r['kept_fraction']:.2f} | "
-                f"{_with_interval(r, 'margin')} | {_with_interval(r, 'accuracy')} | {_with_interval(r, 'loss')} | "
-                f"{_with_interval(r, 'gap', '+')} |")
+                f"{_withinterval(r, 'margin')} | {_withinterval(r, 'accuracy')} | {_withinterval(r, 'loss')} | "
+                f"{_withinterval(r, 'gap', '+')} |")
         if has_judge:
             line += f" {_or_dash(r.get('win_rate'), '.3f')} |"
         if has_truth:
@@ -365,7 +328,7 @@ def rung_markdown(rung: dict, cost: dict) -> list[str]:
              f"| candidate | kept | screen steps of final | dev {key} [95%] | |", "|---|---|---|---|---|"]
     for name, r in rung["candidates"].items():
         lines.append(f"| {name} | {r['kept_fraction']:.2f} | {steps[name]['screen']} of {steps[name]['final']} | "
-                     f"{_with_interval(r, key)} | {'continued' if name in rung['finalists'] else 'cut'} |")
+                     f"{_withinterval(r, key)} | {'continued' if name in rung['finalists'] else 'cut'} |")
     lines += ["", f"Cost: {cost['steps']} optimizer steps ({cost['screen_steps']} screening, {cost['finalist_steps']} "
                   f"continuing {len(rung['finalists'])} finalists), {100 * cost['share_of_full']:.0f}% of the "
                   f"{cost['full_tournament_steps']} of a full tournament; job time {cost['screen_seconds']:.0f} s "

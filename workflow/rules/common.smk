@@ -5,7 +5,7 @@ from pathlib import Path
 
 from prefselect.config import EXTERNAL_KINDS, auto_selector
 from prefselect.settings import step_config
-from prefselect.tournament import candidate_names, grid_selectors
+from prefselect.kinds import candidate_names, grid_selectors
 
 OUT = config["outdir"]
 SELECTORS = list(config["selectors"])
