@@ -121,6 +121,29 @@ def test_results_report_every_selector(workdir):
     assert results["ap"]["kept_fraction"] == pytest.approx(0.4, abs=0.01)
 
 
+def test_results_say_where_they_came_from(workdir):
+    """results.json and the tournament's json carry the seed, prefselect's version, the config keys their step
+    read, and the record of each input: each final model's samples name that model's fingerprint."""
+    from prefselect import __version__, provenance
+
+    out = workdir / "results"
+    made = json.loads((out / "eval/results.json").read_text())["provenance"]
+    assert made["seed"] == 0 and made["package"] == __version__
+    assert made["config"]["evaluation"]["opponent"] == "sft"
+    for selector in SELECTORS:
+        samples = made["inputs"][f"samples/{selector}"]
+        assert samples["inputs"]["model"] == provenance.model_fingerprint(str(out / f"models/final-{selector}"))
+        assert samples["config"]["seed"] == 0
+        assert made["inputs"][f"selection/{selector}"]["fingerprint"] == provenance.fingerprint_of(
+            out / f"selection/{selector}.parquet")
+    tournament = json.loads((out / "eval/tournament.json").read_text())["provenance"]
+    choice = json.loads((out / "eval/dev/choice.json").read_text())
+    assert tournament["inputs"]["choice"]["fingerprint"] == f"file:{provenance.file_digest(out / 'eval/dev/choice.json')}"
+    for name in CANDIDATES:
+        dev = choice["provenance"]["inputs"][f"dev_logps/{name}"]
+        assert dev["inputs"]["model"] == provenance.model_fingerprint(str(out / f"models/final-{name}"))
+
+
 def test_rivals_train_with_their_own_loss_and_alignment_potential_keeps_its_top_share(workdir):
     out = workdir / "results"
     for selector, loss, smoothing in (("full", ["sigmoid"], 0.0), ("rdpo", ["robust"], 0.3)):

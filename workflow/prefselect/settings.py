@@ -44,7 +44,7 @@ STEP_KEYS = {
     "tournament": ("method", "selectors.{selector}"),
     "tournament-report": ("selectors",),
     "sample": ("seed", "model.trust_remote_code", "evaluation.samples", "evaluation.max_new_tokens"),
-    "evaluate": ("evaluation.judge", "evaluation.opponent"),
+    "evaluate": ("seed", "evaluation.judge", "evaluation.opponent"),
     "val-grad": GRADIENTS,
     "influence": (*GRADIENTS, "influence.projection_dim"),
     "agreement": ("influence.agreement_band",),

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import gpus
-from .settings import Settings
+from .settings import Settings, read_config
 
 
 def read_parquets(paths: list[str]) -> pd.DataFrame:
@@ -310,7 +310,9 @@ def tournament(a, s: Settings):
     # The chosen candidate's selection as it is, with its provenance and what chose it.
     record = {**(provenance.read(chosen_selection) or {}), "chosen_by": {"tournament": criterion, "of": a.names}}
     write_with_provenance(pd.read_parquet(chosen_selection), a.out_selection, record)
-    write_json(choice, a.out_choice)
+    inputs = {**{f"dev_logps/{name}": path for name, path in zip(a.names, a.logps)},
+              **{f"selection/{name}": path for name, path in zip(a.names, a.selections)}}
+    write_json({**choice, "provenance": provenance.report_record(read_config(a.config), inputs)}, a.out_choice)
     print(f"chose {choice['chosen']} by {criterion}: {json.dumps(choice['candidates'][choice['chosen']])}")
 
 
@@ -323,8 +325,9 @@ def adopt_winner(a, s: Settings):
 
 
 def tournament_report(a, s: Settings):
-    from .plots import tournament_figure
+    from . import provenance
     from .kinds import candidate_names
+    from .plots import tournament_figure
     from .tournament import report, report_markdown
 
     choice, results = (json.loads(Path(path).read_text()) for path in (a.choice, a.results))
@@ -334,6 +337,8 @@ def tournament_report(a, s: Settings):
     rung = json.loads(Path(a.rung).read_text()) if a.rung else None
     cost = halving_cost_of(names, rung, a.screens, a.benchmarks) if rung else None
     rep = report(choice, results, specs, "screen" if auto["screen_epochs"] and not rung else "final", rung, cost)
+    inputs = {"choice": a.choice, "results": a.results, **({"screen_rung": a.rung} if a.rung else {})}
+    rep["provenance"] = provenance.report_record(read_config(a.config), inputs)
     write_reports(rep, report_markdown(rep), a.out_json, a.out_md)
     tournament_figure(rep, a.out_png)
 
@@ -359,16 +364,18 @@ def halving_cost_of(names: list[str], rung: dict, screens: list[str], benchmarks
 
 
 def sample(a, s: Settings):
+    from . import provenance
     from .generation import sample_continuations
-    from .io import write_parquet
 
     e = s.evaluation
+    record = provenance.samples_record(a.model, a.prompts, s.seed, e.samples, e.max_new_tokens)
     continuations = sample_continuations(a.model, read_prompts(a.prompts), e.samples, e.max_new_tokens, s.seed,
                                          trust_remote_code=s.model.trust_remote_code)
-    write_parquet(continuations, a.out)
+    write_with_provenance(continuations, a.out, record)
 
 
 def evaluate(a, s: Settings):
+    from . import provenance
     from .evaluation import likelihood_win_rates, results_markdown, selection_summary, win_rates
 
     if not len(a.names) == len(a.selections) == len(a.samples):
@@ -386,8 +393,12 @@ def evaluate(a, s: Settings):
         name: {**selection_summary(pd.read_parquet(selection), train), **rates[name]}
         for name, selection in zip(a.names, a.selections)
     }
-    write_reports({"judge": judge, "opponent": opponent, "selectors": results}, results_markdown(results, opponent),
-                  a.out_json, a.out_md)
+    inputs = {**{f"samples/{name}": path for name, path in zip(a.names, a.samples)},
+              **{f"selection/{name}": path for name, path in zip(a.names, a.selections)},
+              **{f"opponent/{i}": path for i, path in enumerate(a.opponent)}}
+    made = {"seed": s.seed, **provenance.report_record(read_config(a.config), inputs)}
+    write_reports({"judge": judge, "opponent": opponent, "selectors": results, "provenance": made},
+                  results_markdown(results, opponent), a.out_json, a.out_md)
 
 
 def diagnose(a, s: Settings):
