@@ -340,6 +340,17 @@ def test_the_choice_reads_no_ground_truth_and_no_test_pair(run, request):
             shutil.copy2(saved / f"{name}.parquet", out / f"data/{name}.parquet")
 
 
+def test_a_selectors_own_final_loss_retrains_its_final_run_and_nothing_it_does_not_change(workdir, tmp_path):
+    """`final` is how a selector's model trains, not what it selects: no selection reruns, nor the final runs of
+    the selectors of its size (`like`), whose pairs stay the same."""
+    config = yaml.safe_load((REPO / "tests/e2e/config.yaml").read_text())
+    config["selectors"]["lossdiff_irm"]["final"] = {"loss_type": "ipo"}
+    (tmp_path / "ipo.yaml").write_text(yaml.safe_dump(config))
+    plan = snakemake(workdir, "-n", "-p", config=str(tmp_path / "ipo.yaml")).stdout
+    assert not {"select", "select_matched", "warmup", "score"} & set(jobs_of(plan))
+    assert set(re.findall(r"train --stage final --selector (\w+)", plan)) == {"lossdiff_irm"}
+
+
 def test_screening_trains_short_candidate_runs_and_only_the_winner_in_full(tmp_path):
     """With screen_epochs, the candidates' models are shorter screen- runs, and final-auto trains from the chosen
     selection like any selector (no adoption)."""

@@ -50,6 +50,8 @@ STEP_KEYS = {
     "agreement": ("influence.agreement_band",),
     "plots": ("selectors",),
 }
+# Parts of those keys that a step does not read: a selection does not depend on how its final model trains.
+STEP_EXCEPT = {"select": ("selectors.{selector}.final",)}
 # A DPO run's length and pairs by stage: a stage's job does not rerun when another stage's epochs change.
 TRAIN_STAGES = {
     "warmup": ("training.warmup_epochs", "training.warmup_fraction"),
@@ -301,6 +303,12 @@ def step_config(config: dict, step: str, stage: str | None = None, selector: str
         # A run of no selector (a group study's) reads no selector's rule.
         if all(names[name] is not None for name in ("selector", "auto") if f"{{{name}}}" in key):
             _pick(config, key.format(**names), picked)
+    for key in STEP_EXCEPT.get(step, ()):
+        *parents, last = key.format(**names).split(".")
+        node = picked
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(last, None)
     return json.dumps(picked, sort_keys=True)
 
 
