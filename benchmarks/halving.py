@@ -77,8 +77,8 @@ def compare(full: Path, halving: Path, auto: dict) -> dict:
     best = max(win.values())
     rung = read_json(halving / "eval" / "dev" / "screen_rung.json")
     replayed = replay(full, rung, auto)
-    finished = (halving / "eval" / "tournament.json").is_file()
-    report = read_json(halving / "eval" / "tournament.json") if finished else None
+    report = read_json(halving / "eval" / "tournament.json") if (halving / "eval" / "tournament.json").is_file() else {}
+    finished = report.get("screen_rung") == rung  # not a page of the full run it was copied from
     chosen = report["chosen"] if finished else replayed
     key, better = CRITERIA[rung["criterion"]]
     names = list(rung["candidates"])
