@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
-from . import provenance
+from . import lora, provenance
 from .config import default
 from .data import hash_position
 from .io import atomic_path
@@ -64,6 +65,8 @@ class DPOSettings:
     micro_batch_size: int  # pairs per forward pass of one process; 0: its whole share of the batch
     gradient_checkpointing: bool  # recompute activations in the backward pass: less memory, ~30% slower
     eval_steps: float = 0.05  # no config key: with an eval set, every that many steps; below 1, that share of the run
+    lora: dict | None = None  # training.lora: train a LoRA adapter (a new one on a model, or the one a folder holds)
+    merge: bool = False  # training.lora.merge, for final runs: write the model merged, not the adapter
 
     def __post_init__(self):
         if self.label_smoothing and self.loss_type != "robust":
@@ -85,7 +88,8 @@ class DPOSettings:
             label_smoothing=final.get("label_smoothing", default("selectors.*.final.label_smoothing")),
             epochs=epochs, learning_rate=t.learning_rate, batch_size=t.batch_size, max_length=s.data.max_length,
             seed=s.seed, save_steps=t.save_steps, micro_batch_size=t.micro_batch_size,
-            gradient_checkpointing=t.gradient_checkpointing,
+            gradient_checkpointing=t.gradient_checkpointing, lora=t.lora,
+            merge=bool(t.lora and t.lora["merge"] and stage == "final"),
         ), **changes)
 
 
@@ -156,15 +160,26 @@ def dpo_config(settings: DPOSettings, output_dir: str, evaluate: bool = False) -
 def build_trainer(
     model_path: str, dataset: Dataset, settings: DPOSettings, work_dir: str, eval_dataset: Dataset | None = None, **load
 ) -> DPOTrainer:
-    model = load_model(model_path, **load)
-    return PrecomputedRefDPOTrainer(
+    """The trainer of one DPO run from `model_path`. With `settings.lora`, a folder holding an adapter continues
+    that adapter (θ_val and the final runs continue θ's, as full fine-tuning continues θ's weights); a whole model
+    gets a new adapter, through TRL's `peft_config`. Either way only the adapter trains."""
+    continued = lora.is_adapter(model_path)
+    if continued and settings.lora is None:
+        raise ValueError(f"{model_path!r} holds a LoRA adapter, but training.lora is null (full fine-tuning): set "
+                         "training.lora as in the run that trained it, or retrain it without")
+    model = load_model(model_path, trainable=continued, **load)
+    trainer = PrecomputedRefDPOTrainer(
         model=model,
         args=dpo_config(settings, work_dir, evaluate=eval_dataset is not None),
         train_dataset=dataset,
         eval_dataset=eval_dataset,
         processing_class=load_tokenizer(model_path, **load),
         callbacks=[AnnounceCheckpoints()],
+        peft_config=lora.lora_config(settings.lora) if settings.lora and not continued else None,
     )
+    if lora.TRL_REF_ADAPTER in getattr(trainer.model, "peft_config", {}):
+        trainer.model.delete_adapter(lora.TRL_REF_ADAPTER)  # the reference is the SFT model's precomputed log-probs
+    return trainer
 
 
 def output_folder(out_dir: str) -> contextlib.AbstractContextManager:
@@ -189,7 +204,9 @@ def run_key(model_path: str, pairs: pd.DataFrame, ref_logps: pd.DataFrame, setti
         "model": provenance.model_fingerprint(model_path),
         "pairs": [None if f is None else provenance.pairs_fingerprint(f) for f in frames],
         "ref": [None if f is None else provenance.frame_fingerprint(f) for f in (ref_logps, eval_ref_logps)],
-        "settings": {k: v for k, v in asdict(settings).items() if k != "save_steps"},
+        # LoRA's settings only where set: full fine-tuning keeps the keys of its checkpoints.
+        "settings": {k: v for k, v in asdict(settings).items()
+                     if k != "save_steps" and not (k in ("lora", "merge") and not v)},
         # DeepSpeed's optimizer states are sharded per process: they resume only under the same launch.
         "processes": [os.environ.get("WORLD_SIZE", "1"), os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")],
     })
@@ -240,6 +257,8 @@ def train_dpo(
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     with output_folder(out_dir) as tmp:
         trainer.save_model(str(tmp))
+        if settings.merge and int(os.environ.get("RANK", 0)) == 0:
+            lora.merge_into_folder(Path(tmp), functools.partial(load_model, **load))
         history = trainer.state.log_history
         (Path(tmp) / "training_log.json").write_text(json.dumps(history, indent=1))
     if checkpoint_dir and int(os.environ.get("RANK", 0)) == 0:
