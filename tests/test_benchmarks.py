@@ -61,3 +61,10 @@ def test_memory_only_runs_just_the_memory_rows(tmp_path):
 def test_gpu_variant_fails_clearly_without_cuda():
     run = subprocess.run([*BENCH, "--device", "cuda"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "--device cuda needs a CUDA GPU" in run.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU benchmark runs here")
+def test_dpo_step_benchmark_stops_clearly_without_cuda():
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "dpo_steps.py"), "--model", "unused"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "needs a CUDA GPU" in run.stderr
