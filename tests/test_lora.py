@@ -182,9 +182,10 @@ def test_provenance_fingerprints_an_adapter_with_its_base(warmup, tiny_lm_other,
 
 
 def test_run_keys_include_the_lora_settings(tiny_lm, pairs, ref):
-    keys = {run_key(tiny_lm, pairs, ref, settings, None, None) for settings in (
-        dpo_settings(), lora_settings(), lora_settings(lora={**LORA, "r": 8}), lora_settings(merge=True))}
-    assert len(keys) == 4
+    keys = [run_key(tiny_lm, pairs, ref, settings, None, None) for settings in (
+        dpo_settings(), lora_settings(), lora_settings(lora={**LORA, "r": 8}), lora_settings(merge=True))]
+    assert len(set(keys[:3])) == 3
+    assert keys[3] == keys[1]  # merging changes how the model is written, not the run it resumes
 
 
 def test_influence_of_a_lora_model_takes_the_adapters_gradients_as_trl_does(warmup, pairs, ref, tmp_path):

@@ -65,7 +65,7 @@ class DPOSettings:
     micro_batch_size: int  # pairs per forward pass of one process; 0: its whole share of the batch
     gradient_checkpointing: bool  # recompute activations in the backward pass: less memory, ~30% slower
     eval_steps: float = 0.05  # no config key: with an eval set, every that many steps; below 1, that share of the run
-    lora: dict | None = None  # training.lora: train a LoRA adapter (a new one on a model, or the one a folder holds)
+    lora: dict | None = None  # training.lora but `merge`: train a LoRA adapter (a new one, or the one a folder holds)
     merge: bool = False  # training.lora.merge, for final runs: write the model merged, not the adapter
 
     def __post_init__(self):
@@ -88,7 +88,8 @@ class DPOSettings:
             label_smoothing=final.get("label_smoothing", default("selectors.*.final.label_smoothing")),
             epochs=epochs, learning_rate=t.learning_rate, batch_size=t.batch_size, max_length=s.data.max_length,
             seed=s.seed, save_steps=t.save_steps, micro_batch_size=t.micro_batch_size,
-            gradient_checkpointing=t.gradient_checkpointing, lora=t.lora,
+            gradient_checkpointing=t.gradient_checkpointing,
+            lora={k: v for k, v in t.lora.items() if k != "merge"} if t.lora else None,
             merge=bool(t.lora and t.lora["merge"] and stage == "final"),
         ), **changes)
 
@@ -204,9 +205,10 @@ def run_key(model_path: str, pairs: pd.DataFrame, ref_logps: pd.DataFrame, setti
         "model": provenance.model_fingerprint(model_path),
         "pairs": [None if f is None else provenance.pairs_fingerprint(f) for f in frames],
         "ref": [None if f is None else provenance.frame_fingerprint(f) for f in (ref_logps, eval_ref_logps)],
-        # LoRA's settings only where set: full fine-tuning keeps the keys of its checkpoints.
+        # LoRA's settings only where set, so that full fine-tuning keeps the keys of its checkpoints; `merge` only
+        # changes how the trained model is written, not the run.
         "settings": {k: v for k, v in asdict(settings).items()
-                     if k != "save_steps" and not (k in ("lora", "merge") and not v)},
+                     if k not in ("save_steps", "merge") and not (k == "lora" and v is None)},
         # DeepSpeed's optimizer states are sharded per process: they resume only under the same launch.
         "processes": [os.environ.get("WORLD_SIZE", "1"), os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")],
     })
