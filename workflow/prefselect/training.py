@@ -260,7 +260,7 @@ def train_dpo(
     with output_folder(out_dir) as tmp:
         trainer.save_model(str(tmp))
         if settings.merge and int(os.environ.get("RANK", 0)) == 0:
-            lora.merge_into_folder(Path(tmp), functools.partial(load_model, **load))
+            lora.merge_into_folder(Path(tmp), functools.partial(load_model, dtype="auto", **load))
         history = trainer.state.log_history
         (Path(tmp) / "training_log.json").write_text(json.dumps(history, indent=1))
     if checkpoint_dir and int(os.environ.get("RANK", 0)) == 0:
