@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from prefselect.tournament import CRITERIA, decide, dev_criteria, read_margins, spearman
+from prefselect.stats import spearman
+from prefselect.tournament import CRITERIA, decide, dev_criteria, read_margins
 
 CONFIDENCES = (0.0, 0.5, 0.8, 0.9, 0.95)
 

@@ -1,6 +1,8 @@
 """The configuration schema: defaults, and errors that name the key before any job runs."""
 
+import ast
 import copy
+import os
 import shutil
 import subprocess
 import sys
@@ -262,3 +264,51 @@ def test_small_numbers_reach_a_step_as_numbers():
     handed = settings.step_config(config, "train", "warmup")
     assert '"learning_rate": 1e-05' in handed
     assert settings.load(handed, "train", "warmup").training.learning_rate == 1e-5
+
+
+def prefselect_imports(source: str) -> set[str]:
+    """The prefselect modules a module or rule file imports, at any level (a function's imports too)."""
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and (node.level or node.module.startswith("prefselect")):
+            module = node.module.removeprefix("prefselect").lstrip(".")
+            imported |= {module} if module else {alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            imported |= {a.name.removeprefix("prefselect.") for a in node.names if a.name.startswith("prefselect.")}
+    return imported - {""}
+
+
+def test_planning_imports_no_numpy_pandas_torch_or_transformers():
+    """What the Snakefile and its rules import of the package runs on a cluster's login node, for every plan."""
+    rules = [REPO / "Snakefile", *sorted((REPO / "workflow/rules").glob("*.smk"))]
+    # Snakemake's own syntax is no Python: only its import lines are parsed.
+    lines = "\n".join(line for path in rules for line in path.read_text().splitlines()
+                      if line.startswith(("import prefselect", "from prefselect")))
+    modules = sorted(prefselect_imports(lines))
+    assert {"config", "settings", "kinds", "deploy"} <= set(modules)
+    code = (f"import sys; import {', '.join(f'prefselect.{m}' for m in modules)}; "
+            "print(sorted(m for m in ('numpy', 'pandas', 'torch', 'transformers') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO / "workflow")})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
+def test_the_package_has_no_import_circle():
+    package = REPO / "workflow/prefselect"
+    graph = {path.stem: prefselect_imports(path.read_text()) for path in package.glob("*.py")}
+    graph = {module: {m.split(".")[0] for m in imports} & set(graph) for module, imports in graph.items()}
+    visiting, done = [], set()
+
+    def visit(module):
+        assert module not in visiting, f"import circle: {' -> '.join(visiting[visiting.index(module):] + [module])}"
+        if module in done:
+            return
+        visiting.append(module)
+        for imported in sorted(graph[module]):
+            visit(imported)
+        visiting.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)

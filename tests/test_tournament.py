@@ -14,8 +14,9 @@ from conftest import build_tiny_lm, config_arg, loop_logps, make_pairs
 from prefselect.cli import main
 from prefselect.config import ConfigError, validate
 from prefselect.selection import select
-from prefselect.tournament import (adopt_winner, candidate_names, choose, decide, gate_sentence, grid_selectors,
-                                   report, report_markdown)
+from prefselect.kinds import candidate_names, grid_selectors
+from prefselect.tournament import (adopt_winner, choose, decide, gate_sentence, halving_cost, ranked, report,
+                                   report_markdown)
 
 MAX_LENGTH = 64
 BETA = 0.1
@@ -35,7 +36,7 @@ def test_a_grid_expands_to_band_rules_that_keep_their_fraction():
     assert made["lossdiff_irm_middle80"] == {
         "kind": "bands", "bands": {"lossdiff": [10, 90], "irm": [10, 90]}, "fraction": 0.8}  # the paper's shape
     assert selectors["auto"] == {"kind": "auto", "grid": grid, "candidates": [], "criterion": "dev_margin",
-                                 "screen_epochs": None, "fallback": "full", "confidence": 0, "guard": GUARD,
+                                 "screen_epochs": None, "finalists": None, "fallback": "full", "confidence": 0, "guard": GUARD,
                                  "final": {"label_smoothing": 0}}
     assert candidate_names(selectors["auto"])[-1] == "full"  # the fallback competes too
     rng = np.random.default_rng(0)
@@ -74,6 +75,12 @@ def test_a_grid_expands_to_band_rules_that_keep_their_fraction():
      "selectors.a.grid.columns.0"),
     ({"a": {"kind": "auto", "candidates": ["full", "x"], "criterion": "judge"}, "full": {"kind": "full"},
       "x": {"kind": "full"}}, "selectors.a.criterion"),
+    ({"a": {"kind": "auto", "candidates": ["full", "x"], "screen_epochs": 2}, "full": {"kind": "full"},
+      "x": {"kind": "full"}}, "selectors.a.screen_epochs: 2 must be below training.final_epochs"),
+    ({"a": {"kind": "auto", "candidates": ["full", "x"], "finalists": 1}, "full": {"kind": "full"},
+      "x": {"kind": "full"}}, "selectors.a.finalists: needs screen_epochs"),
+    ({"a": {"kind": "auto", "candidates": ["full", "x"], "screen_epochs": 1, "finalists": 0}, "full": {"kind": "full"},
+      "x": {"kind": "full"}}, "selectors.a.finalists"),
 ])
 def test_bad_auto_selectors_name_the_key(selectors, message):
     with pytest.raises(ConfigError, match="config key " + message.replace("(", r"\(").replace("+", r"\+")):
@@ -142,6 +149,38 @@ def test_dev_criterion_equals_a_plain_loop_and_the_choice_is_its_best(candidates
     for criterion, key, best in (("dev_accuracy", "accuracy", max), ("dev_margin", "margin", max)):
         top = best(expected[n][key] for n in "abc")
         assert run_tournament(root, criterion)["chosen"] in [n for n in "abc" if expected[n][key] == top]
+
+
+@pytest.mark.parametrize("finalists, fallback", [(1, "b"), (2, None), (3, "a")])
+def test_the_screen_rung_lets_the_k_best_and_the_fallback_continue(candidates, finalists, fallback):
+    """The screen rung's criteria are the tournament's on the same models; its finalists the k best by them (ties
+    as the tournament breaks them), then the fallback where it is not among them."""
+    root, _, _ = candidates
+    auto = {"kind": "auto", "candidates": list("abc"), "criterion": "dev_loss", "fallback": fallback,
+            "screen_epochs": 1, "finalists": finalists}
+    main(["screen-rung", "--names", "a", "b", "c", "--logps", *(str(root / f"logps-{n}.parquet") for n in "abc"),
+          "--ref", str(root / "logps-sft.parquet"), "--selections", *(str(root / f"sel-{n}.parquet") for n in "abc"),
+          "--selector", "auto", *config_arg(method={"beta": BETA}, selectors={"auto": auto}),
+          "--out", str(root / "rung.json")])
+    rung = json.loads((root / "rung.json").read_text())
+    tournament = run_tournament(root, "dev_loss")["candidates"]
+    for name, row in rung["candidates"].items():
+        assert row == {key: tournament[name][key] for key in row}
+    order = sorted("abc", key=lambda n: tournament[n]["loss"])
+    assert len(set(tournament[n]["loss"] for n in "abc")) == 3  # no tie: the order is the losses'
+    assert ranked(rung["candidates"], {n: 1.0 for n in "abc"}, "dev_loss") == order
+    expected = order[:finalists] + ([fallback] if fallback and fallback not in order[:finalists] else [])
+    assert rung["finalists"] == expected and rung["cut"] == [n for n in order if n not in expected]
+
+
+def test_halving_cost_counts_every_screen_run_and_the_finalists_remaining_steps():
+    screens = {"a": {"steps": 4, "max_steps": 16, "seconds": 10.0}, "b": {"steps": 2, "max_steps": 8, "seconds": 6.0},
+               "c": {"steps": 3, "max_steps": 12, "seconds": 8.0}}
+    cost = halving_cost(screens, {"b": 20.0})
+    # screens 4 + 2 + 3; b continues its 8 - 2; a full tournament trains 16 + 8 + 12
+    assert (cost["screen_steps"], cost["finalist_steps"], cost["steps"], cost["full_tournament_steps"]) == (9, 6, 15, 36)
+    assert cost["share_of_full"] == pytest.approx(15 / 36)
+    assert (cost["screen_seconds"], cost["finalist_seconds"]) == (24.0, 20.0)
 
 
 def test_the_fallback_is_kept_unless_the_best_leads_it_by_the_corrected_z(candidates):

@@ -222,3 +222,54 @@ def test_checkpoints_of_a_run_with_other_inputs_or_settings_are_not_resumed(tiny
     steps = [entry for entry in history if "loss" in entry]
     assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6] and {e["learning_rate"] for e in steps} == {settings.learning_rate}
     assert not checkpoints.exists()
+
+
+def test_a_final_run_continued_from_its_screen_run_is_bit_for_bit_an_uninterrupted_final_run(tiny_lm, tmp_path):
+    """Successive halving: a screen run stops after screen_epochs of its final run's steps; its final run, through
+    the CLI as the workflow runs it, makes only the remaining steps and ends with the uninterrupted run's model."""
+    pairs = make_pairs(40)
+    logps = -np.arange(40.0) - 20
+    ref = pd.DataFrame({"id": pairs["id"], "chosen_logp": logps, "rejected_logp": logps - 1})
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    ref.to_parquet(tmp_path / "ref.parquet")
+    selection = pd.DataFrame({"id": pairs["id"], "selected": True})
+    selection.to_parquet(tmp_path / "selection.parquet")
+    config = {"training": {"batch_size": 4, "final_epochs": 2, "save_steps": 0}, "data": {"max_length": 48},
+              "selectors": {"full": {"kind": "full"}, "auto": {"kind": "auto", "screen_epochs": 0.5}}}
+    with one_torch_thread():
+        uninterrupted = train_dpo(tiny_lm, pairs, ref, str(tmp_path / "uninterrupted"),
+                                  dpo_settings(batch_size=4, epochs=2, max_length=48, save_steps=0))
+    steps = 2 * 40 // 4
+
+    def train(stage, out, *extra):
+        command = [sys.executable, "-m", "prefselect", "--threads", "1", "train", "--stage", stage, "--selector",
+                   "full", "--model", tiny_lm, "--data", str(tmp_path / "pairs.parquet"), "--ref",
+                   str(tmp_path / "ref.parquet"), "--selection", str(tmp_path / "selection.parquet"),
+                   *config_arg(**config), "--out", str(tmp_path / out), *extra]
+        run = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO / "workflow")}, capture_output=True,
+                             text=True, timeout=600)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        return run.stdout
+
+    train("screen", "screen-full")
+    screen_log = json.loads((tmp_path / "screen-full/training_log.json").read_text())
+    assert [e["step"] for e in screen_log if "loss" in e] == list(range(1, steps // 4 + 1))  # 0.5 of 2 epochs
+    assert json.loads((tmp_path / "screen-full/resume/trainer_state.json").read_text())["max_steps"] == steps
+    out = train("final", "final-full", "--continue-from", str(tmp_path / "screen-full"))
+    assert f"resuming from {tmp_path / 'screen-full/resume'} (step {steps // 4})" in out
+    assert sum(line.startswith("{'loss'") for line in out.splitlines()) == steps - steps // 4
+    log = json.loads((tmp_path / "final-full/training_log.json").read_text())
+    assert [e["loss"] for e in log if "loss" in e] == [e["loss"] for e in uninterrupted if "loss" in e]
+    continued = load_model(str(tmp_path / "final-full")).state_dict()
+    for name, value in load_model(str(tmp_path / "uninterrupted")).state_dict().items():
+        assert torch.equal(continued[name], value), name  # bit for bit
+    assert not (tmp_path / "final-full/resume").exists()
+
+
+def test_a_final_run_does_not_continue_a_screen_run_of_other_settings(tiny_lm, pairs, ref, tmp_path):
+    screen = dpo_settings(batch_size=8, epochs=2, stop_epochs=0.5, save_steps=0)
+    train_dpo(tiny_lm, pairs, ref, str(tmp_path / "screen"), screen)
+    assert (tmp_path / "screen/resume/trainer_state.json").is_file()
+    with pytest.raises(ValueError, match="is no screen run of this final run"):
+        train_dpo(tiny_lm, pairs, ref, str(tmp_path / "final"), replace(screen, stop_epochs=None, learning_rate=2e-3),
+                  continue_from=str(tmp_path / "screen"))

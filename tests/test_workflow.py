@@ -35,6 +35,7 @@ SCORE_COLUMNS = [
     "aux_rejected_logp", "irm", "aux_irm", "loss", "aux_loss", "lossdiff",
 ]
 CANDIDATES = ["lossdiff_irm", "full", "aux_irm_top50"]  # the auto selector's: two named, one from its grid
+GRID_ONLY = {"aux_irm_top50"}  # a candidate with no selector of its own in the config
 SELECTORS = ["lossdiff_irm", "full", "random", "oracle", "rated", "ap", "rdpo", "selective_dpo", "auto", "aux_irm_top50"]
 
 pytestmark = pytest.mark.e2e
@@ -118,6 +119,29 @@ def test_results_report_every_selector(workdir):
         assert r["ci_low"] <= r["win_rate"] <= r["ci_high"]
         assert r["n"] == 32 * 2
     assert results["ap"]["kept_fraction"] == pytest.approx(0.4, abs=0.01)
+
+
+def test_results_say_where_they_came_from(workdir):
+    """results.json and the tournament's json carry the seed, prefselect's version, the config keys their step
+    read, and the record of each input: each final model's samples name that model's fingerprint."""
+    from prefselect import __version__, provenance
+
+    out = workdir / "results"
+    made = json.loads((out / "eval/results.json").read_text())["provenance"]
+    assert made["seed"] == 0 and made["package"] == __version__
+    assert made["config"]["evaluation"]["opponent"] == "sft"
+    for selector in SELECTORS:
+        samples = made["inputs"][f"samples/{selector}"]
+        assert samples["inputs"]["model"] == provenance.model_fingerprint(str(out / f"models/final-{selector}"))
+        assert samples["config"]["seed"] == 0
+        assert made["inputs"][f"selection/{selector}"]["fingerprint"] == provenance.fingerprint_of(
+            out / f"selection/{selector}.parquet")
+    tournament = json.loads((out / "eval/tournament.json").read_text())["provenance"]
+    choice = json.loads((out / "eval/dev/choice.json").read_text())
+    assert tournament["inputs"]["choice"]["fingerprint"] == f"file:{provenance.file_digest(out / 'eval/dev/choice.json')}"
+    for name in CANDIDATES:
+        dev = choice["provenance"]["inputs"][f"dev_logps/{name}"]
+        assert dev["inputs"]["model"] == provenance.model_fingerprint(str(out / f"models/final-{name}"))
 
 
 def test_rivals_train_with_their_own_loss_and_alignment_potential_keeps_its_top_share(workdir):
@@ -225,12 +249,73 @@ def test_the_readme_selection_only_lines_run_on_the_demo(workdir):
     assert list((workdir / "dpo-mymodel").glob("checkpoint-*/model.safetensors"))
 
 
-def test_the_choice_reads_no_ground_truth_and_no_test_pair(workdir):
+def halving_config(directory: Path, **auto) -> str:
+    """The e2e config with successive halving: each candidate's final run screened after half of its one epoch."""
+    config = yaml.safe_load((REPO / "tests/e2e/config.yaml").read_text())
+    config["selectors"]["auto"].update({"screen_epochs": 0.5, "finalists": 1, **auto})
+    path = directory / "halving.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def halving_workdir(workdir, tmp_path_factory) -> Path:
+    """A copy of the completed run, rerun with successive halving (one finalist, and the fallback `full`)."""
+    copy = shutil.copytree(workdir, tmp_path_factory.mktemp("halving") / "run", symlinks=True)
+    for name in GRID_ONLY:  # the full tournament's model of a candidate with no selector of its own
+        shutil.rmtree(copy / f"results/models/final-{name}")
+    run = snakemake(copy, "-p", config=halving_config(copy))
+    (copy / "halving.log").write_text(run.stdout + run.stderr)
+    return copy
+
+
+def test_halving_screens_every_candidate_and_continues_only_the_finalists(halving_workdir, tmp_path):
+    out = halving_workdir / "results"
+    rung = json.loads((out / "eval/dev/screen_rung.json").read_text())
+    assert set(rung["candidates"]) == set(CANDIDATES) and rung["finalists"][-1] == "full"
+    assert len(rung["finalists"]) == 1 + (rung["finalists"][0] != "full")
+    assert sorted(rung["finalists"] + rung["cut"]) == sorted(CANDIDATES)
+    for name in CANDIDATES:  # N screen jobs: each candidate's final run, stopped after half its steps
+        state = json.loads((out / f"models/screen-{name}/resume/trainer_state.json").read_text())
+        assert state["global_step"] == -(-state["max_steps"] // 2)
+    log = (halving_workdir / "halving.log").read_text()
+    assert log.count("--stage screen") == len(CANDIDATES)
+    # k continuations, each from its screen run, and those of candidates with a final model of their own
+    continued = set(re.findall(r"--continue-from results/models/screen-(\w+) ", log))
+    assert continued == set(rung["finalists"]) | (set(CANDIDATES) - GRID_ONLY)
+    for name in continued:
+        assert f"resuming from results/models/screen-{name}/resume" in (out / f"logs/final-{name}.log").read_text()
+    for name in set(rung["cut"]) & GRID_ONLY:  # a cut candidate with no selector of its own has no full run
+        assert not (out / f"models/final-{name}").exists()
+    choice = json.loads((out / "eval/dev/choice.json").read_text())
+    assert list(choice["candidates"]) == rung["finalists"]
+    adopted, winner = out / "models/final-auto", out / f"models/final-{choice['chosen']}"
+    assert (adopted / "model.safetensors").stat().st_ino == (winner / "model.safetensors").stat().st_ino
+    report = json.loads((out / "eval/tournament.json").read_text())
+    cost = report["cost"]
+    assert cost["steps"] == cost["screen_steps"] + cost["finalist_steps"] < cost["full_tournament_steps"]
+    assert cost["screen_seconds"] > 0 and cost["finalist_seconds"] > 0
+    assert "## Screen rung" in (out / "eval/tournament.md").read_text()
+
+    # More finalists, or another criterion: no screen run again, and no finalist that is already complete.
+    copy = shutil.copytree(halving_workdir, tmp_path / "run", symlinks=True)
+    rerun = snakemake(copy, "-p", config=halving_config(copy, finalists=len(CANDIDATES), criterion="dev_loss"))
+    log = rerun.stdout + rerun.stderr
+    assert "--stage screen" not in log and "checkpoint screen_rung:" in log
+    retrained = set(re.findall(r"train --stage final --selector (\w+)", log))
+    assert retrained == GRID_ONLY - set(rung["finalists"])  # the named candidates' final runs are complete
+
+
+@pytest.mark.parametrize("run", ["workdir", "halving_workdir"])
+def test_the_choice_reads_no_ground_truth_and_no_test_pair(run, request):
     """Scramble the demo's ground truth (`flipped`, `oracle_margin`) and the test pairs, and rerun everything the
     tournament depends on: warm-up, θ_val, scores, the candidates' selections, final models and dev log-probs, and
-    the choice itself. The same choice, on the same numbers."""
+    the choice itself (with successive halving, its screen rung too). The same choice, on the same numbers."""
+    workdir = request.getfixturevalue(run)
+    config = str(workdir / "halving.yaml") if run == "halving_workdir" else "config.yaml"
     out = workdir / "results"
-    before = json.loads((out / "eval/dev/choice.json").read_text())
+    decisions = ["eval/dev/choice.json"] + (["eval/dev/screen_rung.json"] if run == "halving_workdir" else [])
+    before = [json.loads((out / path).read_text()) for path in decisions]
     saved = workdir / "saved"
     saved.mkdir()
     for name in ("train", "test"):
@@ -241,16 +326,29 @@ def test_the_choice_reads_no_ground_truth_and_no_test_pair(workdir):
     train.to_parquet(out / "data/train.parquet")
     train.head(5).to_parquet(out / "data/test.parquet")
     try:
-        rerun = snakemake(workdir, "--until", "tournament")
+        rerun = snakemake(workdir, "--until", "tournament", config=config)
         for rule in ("warmup", "aux", "score", "select", "final", "heldout_logps", "tournament"):
             assert f"rule {rule}:" in rerun.stdout + rerun.stderr, rule  # really recomputed
-        after = json.loads((out / "eval/dev/choice.json").read_text())
-        assert after["chosen"] == before["chosen"]
-        for name, row in before["candidates"].items():
-            assert after["candidates"][name] == pytest.approx(row, rel=1e-9), name
+        after = [json.loads((out / path).read_text()) for path in decisions]
+        assert after[0]["chosen"] == before[0]["chosen"]
+        assert after[-1].get("finalists") == before[-1].get("finalists")
+        for old, new in zip(before, after):
+            for name, row in old["candidates"].items():
+                assert new["candidates"][name] == pytest.approx(row, rel=1e-9), name
     finally:
         for name in ("train", "test"):
             shutil.copy2(saved / f"{name}.parquet", out / f"data/{name}.parquet")
+
+
+def test_a_selectors_own_final_loss_retrains_its_final_run_and_nothing_it_does_not_change(workdir, tmp_path):
+    """`final` is how a selector's model trains, not what it selects: no selection reruns, nor the final runs of
+    the selectors of its size (`like`), whose pairs stay the same."""
+    config = yaml.safe_load((REPO / "tests/e2e/config.yaml").read_text())
+    config["selectors"]["lossdiff_irm"]["final"] = {"loss_type": "ipo"}
+    (tmp_path / "ipo.yaml").write_text(yaml.safe_dump(config))
+    plan = snakemake(workdir, "-n", "-p", config=str(tmp_path / "ipo.yaml")).stdout
+    assert not {"select", "select_matched", "warmup", "score"} & set(jobs_of(plan))
+    assert set(re.findall(r"train --stage final --selector (\w+)", plan)) == {"lossdiff_irm"}
 
 
 def test_screening_trains_short_candidate_runs_and_only_the_winner_in_full(tmp_path):

@@ -14,6 +14,7 @@ import pandas as pd
 
 from .plots import save
 from .selection import fit_bands, select_bands
+from .stats import correlation
 
 PROXIES = {"lossdiff": ["lossdiff"], "irm": ["irm"], "lossdiff_irm": ["lossdiff", "irm"]}
 CORRELATED = ("lossdiff", "irm", "aux_irm")
@@ -28,11 +29,6 @@ def overlap(a: np.ndarray, b: np.ndarray) -> float:
 def symmetric_band(table: pd.DataFrame, columns: list[str], fraction: float) -> list[float]:
     """The narrowest band [50 − w/2, 50 + w/2] whose intersection over `columns` keeps at least `fraction`."""
     return fit_bands(table, {c: [25, 75] for c in columns}, fraction)[columns[0]]
-
-
-def correlation(x: pd.Series, y: pd.Series) -> dict:
-    # Spearman's ρ is Pearson's r of the ranks.
-    return {"pearson": float(x.corr(y)), "spearman": float(x.rank().corr(y.rank()))}
 
 
 def agreement(table: pd.DataFrame, tif_band: list[float]) -> dict:

@@ -74,6 +74,8 @@ def dpo_steps(step) -> None:
     add(s, "eval-data", required=False, help="pairs to log the loss and reward margin of while training")
     add(s, "eval-ref", required=False, nargs="+", help="reference log-prob shards of --eval-data")
     add(s, "checkpoint-dir", required=False, help="where to keep checkpoints, and resume a killed run from")
+    add(s, "continue-from", required=False, nargs="?",
+        help="final stage: the selector's screen run (its folder) to continue from; none: train from --model")
 
 
 def shard_args(sub) -> None:
@@ -104,12 +106,12 @@ def score_steps(step) -> None:
 
 def tournament_steps(step) -> None:
     """Steps of the auto selector's tournament."""
+    s = step("screen-rung", steps.screen_rung, "judge every candidate's screen run; the best continue in full")
+    candidate_args(s, "screen run")
+    add(s, "out", help="the rung: each candidate's dev criteria, the finalists and those cut")
+
     s = step("tournament", steps.tournament, "judge each candidate's model on the dev pairs and choose the rule")
-    add(s, "selector", help="the auto selector")
-    add(s, "names", nargs="+", help="the candidate selectors")
-    add(s, "logps", nargs="+", help="dev log-probs of each candidate's model, in order")
-    add(s, "ref", nargs="+", help="the SFT model's dev log-probs (its shards)")
-    add(s, "selections", nargs="+", help="each candidate's selection, in order")
+    candidate_args(s, "model")
     add(s, "out-selection", "out-choice")
 
     s = step("adopt-winner", steps.adopt_winner, "the tournament winner's final model as the auto selector's")
@@ -119,6 +121,18 @@ def tournament_steps(step) -> None:
     s = step("tournament-report", steps.tournament_report, "the tournament's table, rank correlation and regret")
     add(s, "choice", "out-json", "out-md", "out-png")
     add(s, "results", help="eval/results.json, for the judge's win rates")
+    add(s, "rung", required=False, nargs="?", help="successive halving: the screen rung (screen-rung's --out)")
+    add(s, "screens", required=False, nargs="*", help="successive halving: every candidate's screen run, in order")
+    add(s, "benchmarks", required=False, nargs="*",
+        help="successive halving: the job benchmarks of the screen runs, then of the finalists' continuations")
+
+
+def candidate_args(sub, model: str) -> None:
+    add(sub, "selector", help="the auto selector")
+    add(sub, "names", nargs="+", help="the candidate selectors")
+    add(sub, "logps", nargs="+", help=f"dev log-probs of each candidate's {model}, in order")
+    add(sub, "ref", nargs="+", help="the SFT model's dev log-probs (its shards)")
+    add(sub, "selections", nargs="+", help="each candidate's selection, in order")
 
 
 def influence_steps(step) -> None:

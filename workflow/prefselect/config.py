@@ -10,8 +10,7 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-from .selection import EXTERNAL_SCORE
-from .tournament import candidate_names, grid_selectors
+from .kinds import EXTERNAL_SCORE, candidate_names, grid_selectors
 
 # Inside the package, so that an installed prefselect (not only a checkout) validates configs;
 # workflow/schemas/config.schema.yaml, where Snakemake workflows keep their schema, links to it.
@@ -79,6 +78,7 @@ def validate(config: dict) -> dict:
     """Return a validated copy of `config` with defaults filled in; raise ConfigError naming the bad key."""
     config = fill_defaults(config)
     _check_selectors(config["selectors"])
+    _check_rungs(config)
     _check_sources(config)
     _check_opponent(config)
     _check_influence(config)
@@ -122,7 +122,7 @@ def _check_selectors(selectors: dict) -> None:
         raise ConfigError(f"config key selectors.{autos[1]}: only one selector of kind 'auto' (also {autos[0]!r})")
 
 
-AUTO_KEYS = ("candidates", "grid", "criterion", "screen_epochs", "fallback", "confidence", "guard")
+AUTO_KEYS = ("candidates", "grid", "criterion", "screen_epochs", "finalists", "fallback", "confidence", "guard")
 
 
 def auto_selector(config: dict) -> str | None:
@@ -162,6 +162,18 @@ def _check_auto(key: str, spec: dict, selectors: dict) -> None:
             raise ConfigError(f"config key {key}.{where}: {candidate!r} {why}; allowed values: {allowed}{hint}")
     if len(candidate_names(spec)) < 2:
         raise ConfigError(f"config key {key}: an auto selector needs at least two candidates (`candidates`, `grid`)")
+
+
+def _check_rungs(config: dict) -> None:
+    """A screen run is the first part of a final run, and a second rung needs a first."""
+    name = auto_selector(config)
+    spec = config["selectors"][name] if name else {}
+    screen, final = spec.get("screen_epochs"), config["training"]["final_epochs"]
+    if screen is not None and screen >= final:
+        raise ConfigError(f"config key selectors.{name}.screen_epochs: {screen} must be below training.final_epochs "
+                          f"({final}): a screen run stops part-way through its final run")
+    if spec.get("finalists") is not None and screen is None:
+        raise ConfigError(f"config key selectors.{name}.finalists: needs screen_epochs, the rung that picks them")
 
 
 def _check_external(key: str, spec: dict) -> None:

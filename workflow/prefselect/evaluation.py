@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .judges import compare
+from .stats import half_width, outcome
 
 
 def win_rates(judge: str | dict, prompts: list[str], samples: dict[str, pd.DataFrame],
@@ -44,7 +45,7 @@ def likelihood_win_rates(logps: dict[str, pd.DataFrame], opponent: pd.DataFrame)
             paired["rejected_logp"] - paired["rejected_logp_opp"]
         )
         results[name] = {
-            **win_rate(np.sign(margin) * 0.5 + 0.5, np.arange(len(paired))),
+            **win_rate(outcome(margin), np.arange(len(paired))),
             "malformed": 0,
             "mean_margin": float(margin.mean()),
             "chosen_likelier": float((paired["chosen_logp"] > paired["rejected_logp"]).mean()),
@@ -60,17 +61,16 @@ def _paired(samples: pd.DataFrame, opponent: pd.DataFrame) -> pd.DataFrame:
     return paired
 
 
-def win_rate(outcome, prompt_index) -> dict:
+def win_rate(outcomes, prompt_index) -> dict:
     """Mean of the outcomes (1 win, 0.5 tie, 0 loss) with a 95% interval.
 
     The interval is a normal approximation over per-prompt means, since the samples of one prompt are not
     independent.
     """
-    outcome = pd.Series(np.asarray(outcome, dtype=float))
-    per_prompt = outcome.groupby(np.asarray(prompt_index)).mean()
-    half_width = 1.96 * per_prompt.std(ddof=1) / np.sqrt(len(per_prompt))
-    rate = float(outcome.mean())
-    return {"win_rate": rate, "ci_low": rate - half_width, "ci_high": rate + half_width, "n": int(len(outcome))}
+    outcomes = pd.Series(np.asarray(outcomes, dtype=float))
+    half = half_width(outcomes.groupby(np.asarray(prompt_index)).mean())
+    rate = float(outcomes.mean())
+    return {"win_rate": rate, "ci_low": rate - half, "ci_high": rate + half, "n": int(len(outcomes))}
 
 
 def selection_summary(selection: pd.DataFrame, train: pd.DataFrame) -> dict:

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import stats
 from .config import judge_settings
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def _by_score(score: Callable[[list, list[str]], np.ndarray], prompts: list, fir
     distinct = [json.loads(key) for key in position]
     scores = score([p for p, _ in distinct], [c for _, c in distinct])[[position[key] for key in keys]]
     n = len(first)
-    return Verdicts(np.sign(scores[:n] - scores[n:]) * 0.5 + 0.5, np.zeros(n, dtype=int))
+    return Verdicts(stats.outcome(scores[:n] - scores[n:]), np.zeros(n, dtype=int))
 
 
 def _vader_scores(prompts: list[str], continuations: list[str]) -> np.ndarray:

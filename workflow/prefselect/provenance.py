@@ -175,6 +175,23 @@ def selection_record(name: str, spec: dict, seed: int, scores: str, pairs: pd.Da
     return record(inputs, {"name": name, "spec": spec, "seed": seed})
 
 
+def samples_record(model: str, prompts: str, seed: int, samples: int, max_new_tokens: int) -> dict:
+    """Sampled continuations: the model, the prompts, and how they were drawn."""
+    return record({"model": model_fingerprint(model), "prompts": file_digest(prompts)},
+                  {"seed": seed, "samples": samples, "max_new_tokens": max_new_tokens})
+
+
+def report_record(config: dict, inputs: dict[str, str]) -> dict:
+    """Where a report's numbers came from: prefselect's version, the config keys its step read, and each input
+    file's record (its fingerprint, and the models, data, seed and settings behind it where it carries them)."""
+    from . import __version__
+
+    files = {name: (read(path) if Path(path).suffix == ".parquet" else None) or {"fingerprint": f"file:{file_digest(path)}"}
+             for name, path in inputs.items()}
+    return {"package": __version__, "config": config, "inputs": files,
+            "fingerprint": digest([config, {name: rec["fingerprint"] for name, rec in files.items()}])}
+
+
 def influence_record(model: str, pairs: pd.DataFrame, val_grad: str, ref_paths: list[str], settings: dict,
                      shard: int, shards: int) -> dict:
     """An influence shard: the model θ, the pairs, ḡ_val, the reference model and the settings of IF."""

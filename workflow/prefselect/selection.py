@@ -15,9 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-# Kinds that keep the top of an external score (scores/external/{name}.parquet), and the column each ranks by.
-EXTERNAL_SCORE = {"external": "external", "alignment_potential": "ap"}
-KINDS = ("bands", "full", "random", "oracle", *EXTERNAL_SCORE)
+from .kinds import EXTERNAL_SCORE, KINDS
 
 
 def band_mask(values: np.ndarray, lo: float, hi: float) -> np.ndarray:

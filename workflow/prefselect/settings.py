@@ -40,21 +40,25 @@ STEP_KEYS = {
     "external-score": (*FORWARD, "selectors.{selector}"),
     "select": ("seed", "selectors.{selector}"),
     "export": ("data.split",),
+    "screen-rung": ("method", "selectors.{selector}"),
     "tournament": ("method", "selectors.{selector}"),
     "tournament-report": ("selectors",),
     "sample": ("seed", "model.trust_remote_code", "evaluation.samples", "evaluation.max_new_tokens"),
-    "evaluate": ("evaluation.judge", "evaluation.opponent"),
+    "evaluate": ("seed", "evaluation.judge", "evaluation.opponent"),
     "val-grad": GRADIENTS,
     "influence": (*GRADIENTS, "influence.projection_dim"),
     "agreement": ("influence.agreement_band",),
     "plots": ("selectors",),
 }
+# Parts of those keys that a step does not read: a selection does not depend on how its final model trains.
+STEP_EXCEPT = {"select": ("selectors.{selector}.final",)}
 # A DPO run's length and pairs by stage: a stage's job does not rerun when another stage's epochs change.
 TRAIN_STAGES = {
     "warmup": ("training.warmup_epochs", "training.warmup_fraction"),
     "aux": ("training.aux_epochs",),
     "final": ("training.final_epochs", "selectors.{selector}"),
-    "screen": ("selectors.{selector}", "selectors.{auto}"),
+    # A screen run is its final run, stopped early: the same keys, and where it stops.
+    "screen": ("training.final_epochs", "selectors.{selector}", "selectors.{auto}.kind", "selectors.{auto}.screen_epochs"),
     "crossfit": ("training.warmup_epochs", "crossfit.folds"),
 }
 
@@ -300,6 +304,12 @@ def step_config(config: dict, step: str, stage: str | None = None, selector: str
         # A run of no selector (a group study's) reads no selector's rule.
         if all(names[name] is not None for name in ("selector", "auto") if f"{{{name}}}" in key):
             _pick(config, key.format(**names), picked)
+    for key in STEP_EXCEPT.get(step, ()):
+        *parents, last = key.format(**names).split(".")
+        node = picked
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(last, None)
     return json.dumps(picked, sort_keys=True)
 
 

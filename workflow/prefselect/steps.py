@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import gpus
-from .settings import Settings
+from .settings import Settings, read_config
 
 
 def read_parquets(paths: list[str]) -> pd.DataFrame:
@@ -189,7 +189,8 @@ def train(a, s: Settings):
     settings = DPOSettings.of(s, a.stage, a.selector, **({} if a.checkpoint_dir else {"save_steps": 0}))
     evaluation = (pd.read_parquet(a.eval_data), read_parquets(a.eval_ref)) if a.eval_data else (None, None)
     train_dpo(a.model, training_pairs(a, s), read_parquets(a.ref), a.out, settings, *evaluation,
-              checkpoint_dir=a.checkpoint_dir, trust_remote_code=s.model.trust_remote_code)
+              checkpoint_dir=a.checkpoint_dir, continue_from=a.continue_from,
+              trust_remote_code=s.model.trust_remote_code)
 
 
 def score(a, s: Settings):
@@ -285,6 +286,18 @@ def export(a, s: Settings):
     print(json.dumps(export(a.source, s.data.split, a.selection, a.out_jsonl, a.out_parquet)))
 
 
+def screen_rung(a, s: Settings):
+    from .io import write_json
+    from .tournament import read_candidates, screen_rung
+
+    auto = s.selector(a.selector)
+    margins, kept = read_candidates(a.names, a.logps, a.ref, a.selections)
+    rung = screen_rung(margins, kept, s.method.beta, s.method.loss_type, auto["criterion"], auto["finalists"],
+                       auto["fallback"])
+    write_json(rung, a.out)
+    print(f"finalists by {rung['criterion']}: {', '.join(rung['finalists'])}; cut: {', '.join(rung['cut'])}")
+
+
 def tournament(a, s: Settings):
     from . import provenance
     from .io import write_json
@@ -297,7 +310,9 @@ def tournament(a, s: Settings):
     # The chosen candidate's selection as it is, with its provenance and what chose it.
     record = {**(provenance.read(chosen_selection) or {}), "chosen_by": {"tournament": criterion, "of": a.names}}
     write_with_provenance(pd.read_parquet(chosen_selection), a.out_selection, record)
-    write_json(choice, a.out_choice)
+    inputs = {**{f"dev_logps/{name}": path for name, path in zip(a.names, a.logps)},
+              **{f"selection/{name}": path for name, path in zip(a.names, a.selections)}}
+    write_json({**choice, "provenance": provenance.report_record(read_config(a.config), inputs)}, a.out_choice)
     print(f"chose {choice['chosen']} by {criterion}: {json.dumps(choice['candidates'][choice['chosen']])}")
 
 
@@ -310,31 +325,57 @@ def adopt_winner(a, s: Settings):
 
 
 def tournament_report(a, s: Settings):
+    from . import provenance
+    from .kinds import candidate_names
     from .plots import tournament_figure
-    from .tournament import candidate_names, report, report_markdown
+    from .tournament import report, report_markdown
 
     choice, results = (json.loads(Path(path).read_text()) for path in (a.choice, a.results))
     _, auto = s.auto()
-    specs = {name: s.selector(name) for name in candidate_names(auto)}
-    rep = report(choice, results, specs, "screen" if auto.get("screen_epochs") else "final")
+    names = candidate_names(auto)
+    specs = {name: s.selector(name) for name in names}
+    rung = json.loads(Path(a.rung).read_text()) if a.rung else None
+    cost = halving_cost_of(names, rung, a.screens, a.benchmarks) if rung else None
+    rep = report(choice, results, specs, "screen" if auto["screen_epochs"] and not rung else "final", rung, cost)
+    inputs = {"choice": a.choice, "results": a.results, **({"screen_rung": a.rung} if a.rung else {})}
+    rep["provenance"] = provenance.report_record(read_config(a.config), inputs)
     write_reports(rep, report_markdown(rep), a.out_json, a.out_md)
     tournament_figure(rep, a.out_png)
+
+
+def halving_cost_of(names: list[str], rung: dict, screens: list[str], benchmarks: list[str]) -> dict:
+    """`tournament.halving_cost` from the screen runs' trainer states and the jobs' Snakemake benchmark files (the
+    screen runs', then the finalists' in the rung's order)."""
+    from .tables import SCREEN_CHECKPOINT
+    from .tournament import halving_cost
+
+    if len(benchmarks) != len(names) + len(rung["finalists"]) or len(screens) != len(names):
+        raise ValueError(f"--screens and --benchmarks: one screen run and job per candidate of {names}, then one job "
+                         f"per finalist of {rung['finalists']}")
+    seconds = [float(pd.read_csv(path, sep="\t")["s"].iloc[0]) for path in benchmarks]
+    runs = {}
+    for name, folder, job_seconds in zip(names, screens, seconds):
+        state = json.loads((Path(folder) / SCREEN_CHECKPOINT / "trainer_state.json").read_text())
+        runs[name] = {"steps": state["global_step"], "max_steps": state["max_steps"], "seconds": job_seconds}
+    return halving_cost(runs, dict(zip(rung["finalists"], seconds[len(names):], strict=True)))
 
 
 # Evaluation and reports -----------------------------------------------------------------------------------------
 
 
 def sample(a, s: Settings):
+    from . import provenance
     from .generation import sample_continuations
-    from .io import write_parquet
 
     e = s.evaluation
+    record = provenance.samples_record(a.model, a.prompts, s.seed, e.samples, e.max_new_tokens)
     continuations = sample_continuations(a.model, read_prompts(a.prompts), e.samples, e.max_new_tokens, s.seed,
                                          trust_remote_code=s.model.trust_remote_code)
-    write_parquet(continuations, a.out)
+    write_with_provenance(continuations, a.out, record)
 
 
 def evaluate(a, s: Settings):
+    from . import provenance
     from .evaluation import likelihood_win_rates, results_markdown, selection_summary, win_rates
 
     if not len(a.names) == len(a.selections) == len(a.samples):
@@ -352,8 +393,12 @@ def evaluate(a, s: Settings):
         name: {**selection_summary(pd.read_parquet(selection), train), **rates[name]}
         for name, selection in zip(a.names, a.selections)
     }
-    write_reports({"judge": judge, "opponent": opponent, "selectors": results}, results_markdown(results, opponent),
-                  a.out_json, a.out_md)
+    inputs = {**{f"samples/{name}": path for name, path in zip(a.names, a.samples)},
+              **{f"selection/{name}": path for name, path in zip(a.names, a.selections)},
+              **{f"opponent/{i}": path for i, path in enumerate(a.opponent)}}
+    made = {"seed": s.seed, **provenance.report_record(read_config(a.config), inputs)}
+    write_reports({"judge": judge, "opponent": opponent, "selectors": results, "provenance": made},
+                  results_markdown(results, opponent), a.out_json, a.out_md)
 
 
 def diagnose(a, s: Settings):

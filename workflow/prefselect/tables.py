@@ -13,3 +13,5 @@ CROSSFIT = ("xfit_irm", "xfit_loss")
 SELECTION = ("id", "selected")
 # TRL's names of the precomputed reference log-probs in its training dataset.
 TRL_REF = ("ref_chosen_logps", "ref_rejected_logps")
+# models/screen-{candidate}/: the checkpoint (Trainer's) that the candidate's final run continues from.
+SCREEN_CHECKPOINT = "resume"

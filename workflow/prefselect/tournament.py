@@ -23,33 +23,12 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_path
+from .kinds import EXTERNAL_SCORE
 from .scoring import implicit_reward_margin, pair_loss
-from .selection import EXTERNAL_SCORE
+from .stats import interval, outcome, spearman
 
 CRITERIA = {"dev_margin": ("margin", max), "dev_accuracy": ("accuracy", max), "dev_loss": ("loss", min)}
-# The band each shape starts from; the kept fraction then scales its cuts (selection.fit_bands).
-SHAPES = {"top": [50, 100], "bottom": [0, 50], "middle": [10, 90]}
-Z95 = 1.96
 LOGP_PAIRS = ("chosen_logp", "rejected_logp", "chosen_logp_ref", "rejected_logp_ref")
-
-
-def grid_selectors(grid: dict) -> dict[str, dict]:
-    """The band selectors of a grid {shapes, columns, fractions}, named `{columns}_{shape}{percent}`."""
-    selectors = {}
-    for columns in grid["columns"]:
-        for shape in grid["shapes"]:
-            for fraction in grid["fractions"]:
-                name = f"{columns.replace('+', '_')}_{shape}{round(100 * fraction)}"
-                bands = {column: list(SHAPES[shape]) for column in columns.split("+")}
-                selectors[name] = {"kind": "bands", "bands": bands, "fraction": fraction}
-    return selectors
-
-
-def candidate_names(spec: dict) -> list[str]:
-    """The candidates of an `auto` selector: those it lists, then its grid's, then its fallback, without repeats."""
-    grid = list(grid_selectors(spec["grid"])) if spec.get("grid") else []
-    fallback = [spec["fallback"]] if spec.get("fallback") else []
-    return list(dict.fromkeys([*spec.get("candidates", []), *grid, *fallback]))
 
 
 def dev_margins(logps: pd.DataFrame, ref: pd.DataFrame) -> pd.Series:
@@ -61,17 +40,11 @@ def dev_margins(logps: pd.DataFrame, ref: pd.DataFrame) -> pd.Series:
     return pd.Series(margin, index=paired["id"]).sort_index()
 
 
-def _interval(values: np.ndarray) -> tuple[float, float, float]:
-    mean = float(values.mean())
-    half = Z95 * float(values.std(ddof=1)) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return mean, mean - half, mean + half
-
-
 def per_pair(margins: pd.Series, beta: float, loss_type: str) -> pd.DataFrame:
     """Each dev pair's implicit reward margin β·h, outcome (1 right, 0.5 tie, 0 wrong) and DPO loss under one
     candidate."""
     h = margins.to_numpy()
-    return pd.DataFrame({"margin": beta * h, "accuracy": np.sign(h) * 0.5 + 0.5, "loss": pair_loss(beta * h, loss_type)},
+    return pd.DataFrame({"margin": beta * h, "accuracy": outcome(h), "loss": pair_loss(beta * h, loss_type)},
                         index=margins.index)
 
 
@@ -82,18 +55,36 @@ def dev_criteria(margins: dict[str, pd.Series], beta: float, loss_type: str) -> 
         outcome = per_pair(h, beta, loss_type)
         row = {"n": len(outcome)}
         for key, _ in CRITERIA.values():
-            row[key], row[f"{key}_low"], row[f"{key}_high"] = _interval(outcome[key].to_numpy())
+            row[key], row[f"{key}_low"], row[f"{key}_high"] = interval(outcome[key].to_numpy())
         results[name] = row
     return results
 
 
-def choose(criteria: dict[str, dict], kept_fraction: dict[str, float], criterion: str) -> str:
-    """The best candidate by `criterion`. Ties go to the candidate that keeps more pairs, then to the earlier one
-    in configuration order: where the dev pairs cannot tell two rules apart, throwing data away has not paid."""
+def ranked(criteria: dict[str, dict], kept_fraction: dict[str, float], criterion: str) -> list[str]:
+    """The candidates from best to worst by `criterion`. Ties go to the candidate that keeps more pairs, then to
+    the earlier one in configuration order: where the dev pairs cannot tell two rules apart, throwing data away
+    has not paid."""
     key, best = CRITERIA[criterion]
     sign = 1 if best is max else -1
     order = {name: i for i, name in enumerate(criteria)}
-    return max(criteria, key=lambda name: (sign * criteria[name][key], kept_fraction[name], -order[name]))
+    return sorted(criteria, key=lambda name: (-sign * criteria[name][key], -kept_fraction[name], order[name]))
+
+
+def choose(criteria: dict[str, dict], kept_fraction: dict[str, float], criterion: str) -> str:
+    """The best candidate by `criterion` (see `ranked`)."""
+    return ranked(criteria, kept_fraction, criterion)[0]
+
+
+def screen_rung(margins: dict[str, pd.Series], kept: dict[str, float], beta: float, loss_type: str,
+                criterion: str, finalists: int, fallback: str | None) -> dict:
+    """The first rung of successive halving: every candidate's screen run judged on the dev pairs, and the
+    `finalists` best by `criterion` continue to their full runs, with the fallback, which the final rung's gate
+    compares the winner with on full models."""
+    criteria = dev_criteria(margins, beta, loss_type)
+    order = ranked(criteria, kept, criterion)
+    chosen = order[:finalists] + ([fallback] if fallback and fallback not in order[:finalists] else [])
+    return {"criterion": criterion, "finalists": chosen, "cut": [name for name in order if name not in chosen],
+            "candidates": {name: {"kept_fraction": kept[name], **criteria[name]} for name in margins}}
 
 
 def paired_lead(margins: dict[str, pd.Series], a: str, b: str, beta: float, loss_type: str,
@@ -140,19 +131,9 @@ def paired_gaps(margins: dict[str, pd.Series], chosen: str, beta: float, loss_ty
     reference = per_pair(margins[chosen], beta, loss_type)[key]
     gaps = {}
     for name, h in margins.items():
-        mean, low, high = _interval((per_pair(h, beta, loss_type)[key] - reference).to_numpy())
+        mean, low, high = interval((per_pair(h, beta, loss_type)[key] - reference).to_numpy())
         gaps[name] = {"gap": mean, "gap_low": low, "gap_high": high}
     return gaps
-
-
-def spearman(x: list[float], y: list[float]) -> float | None:
-    """Rank correlation of two equally long lists; None below 3 values or without spread."""
-    from .agreement import correlation  # here: agreement draws figures, and config.py imports this module
-
-    if len(x) < 3:
-        return None
-    rho = correlation(pd.Series(x), pd.Series(y))["spearman"]
-    return None if np.isnan(rho) else rho
 
 
 def decide(margins: dict[str, pd.Series], kept: dict[str, float], beta: float, loss_type: str, criterion: str,
@@ -177,13 +158,34 @@ def read_margins(names: list[str], logps: list[str], ref: list[str]) -> dict[str
     return {name: dev_margins(pd.read_parquet(path), reference) for name, path in zip(names, logps, strict=True)}
 
 
+def read_candidates(names: list[str], logps: list[str], ref: list[str], selections: list[str]) -> tuple[dict, dict]:
+    """Each candidate's dev margins h (`read_margins`) and the share of training pairs its selection keeps."""
+    kept = {name: float(pd.read_parquet(path)["selected"].mean()) for name, path in zip(names, selections, strict=True)}
+    return read_margins(names, logps, ref), kept
+
+
 def run(names: list[str], logps: list[str], ref: list[str], selections: list[str], beta: float, loss_type: str,
         criterion: str, fallback: str | None, confidence: float, guard: dict | None) -> tuple[dict, str]:
     """The tournament from its files: the choice (`decide`) and the path of the chosen candidate's selection."""
-    margins = read_margins(names, logps, ref)
-    kept = {name: float(pd.read_parquet(path)["selected"].mean()) for name, path in zip(names, selections, strict=True)}
+    margins, kept = read_candidates(names, logps, ref, selections)
     choice = decide(margins, kept, beta, loss_type, criterion, fallback, confidence, guard)
     return choice, dict(zip(names, selections))[choice["chosen"]]
+
+
+def halving_cost(screens: dict[str, dict], continued: dict[str, float]) -> dict:
+    """What successive halving trained, against a full tournament (every candidate's final run in full).
+
+    `screens`: per candidate, its screen run's optimizer steps (`steps`), its final run's (`max_steps`) and the
+    screen job's seconds; `continued`: per finalist, the seconds of the job that continued its screen run."""
+    screen_steps = sum(run["steps"] for run in screens.values())
+    finalist_steps = sum(screens[name]["max_steps"] - screens[name]["steps"] for name in continued)
+    full = sum(run["max_steps"] for run in screens.values())
+    return {"screen_steps": screen_steps, "finalist_steps": finalist_steps, "steps": screen_steps + finalist_steps,
+            "full_tournament_steps": full, "share_of_full": (screen_steps + finalist_steps) / full,
+            "screen_seconds": sum(run["seconds"] for run in screens.values()),
+            "finalist_seconds": sum(continued.values()),
+            "steps_per_candidate": {name: {"screen": run["steps"], "final": run["max_steps"]}
+                                    for name, run in screens.items()}}
 
 
 def describe(spec: dict) -> str:
@@ -201,11 +203,13 @@ def describe(spec: dict) -> str:
     return {"full": "all pairs", "random": "random"}.get(kind, kind) + target
 
 
-def report(choice: dict, results: dict, specs: dict, stage: str) -> dict:
+def report(choice: dict, results: dict, specs: dict, stage: str, rung: dict | None = None,
+           cost: dict | None = None) -> dict:
     """The page a user reads to decide: per candidate its rule, kept fraction, dev criteria, and the judge's win
     rate where that candidate's final model was evaluated; for each criterion, what it would choose, its rank
     correlation with the judge across those candidates and the regret of its choice (best win rate minus the
-    chosen one's); the configured criterion's choice is the one made."""
+    chosen one's); the configured criterion's choice is the one made. With successive halving, the screen rung
+    (`rung`, where the judged candidates are its finalists) and what the halving cost (`cost`)."""
     judged = results["selectors"]
     rows = {}
     for name, row in choice["candidates"].items():
@@ -233,10 +237,10 @@ def report(choice: dict, results: dict, specs: dict, stage: str) -> dict:
             "stage": stage, "opponent": results["opponent"], "spearman_criterion_vs_judge": made["spearman"],
             "best_in_hindsight": with_judge[int(np.argmax(rates))] if rates else None,
             "regret": max(rates) - rows[chosen]["win_rate"] if chosen in with_judge else None,
-            "by_criterion": by_criterion, "candidates": rows}
+            "by_criterion": by_criterion, "candidates": rows, "screen_rung": rung, "cost": cost}
 
 
-def _with_interval(row: dict, key: str, sign: str = "") -> str:
+def _withinterval(row: dict, key: str, sign: str = "") -> str:
     return f"{row[key]:{sign}.3f} [{row[f'{key}_low']:{sign}.3f}, {row[f'{key}_high']:{sign}.3f}]"
 
 
@@ -282,15 +286,17 @@ def report_markdown(rep: dict) -> str:
         "the SFT reference, the share of pairs it gets right (h > 0) and its DPO loss. Gap: the candidate's "
         f"{key} minus the chosen one's on the same pairs, with a paired interval."
         + (" Candidate models are shortened screening runs; the chosen rule's final model was trained in full."
-           if rep["stage"] == "screen" else ""),
+           if rep["stage"] == "screen" else "")
+        + (" The candidates here are the screen rung's finalists, on their full models." if rep.get("screen_rung")
+           else ""),
         "",
         header,
         "|" + "---|" * (header.count("|") - 1),
     ]
     for name, r in rep["candidates"].items():
         line = (f"| {f'**{name}**' if name == rep['chosen'] else name} | {r['rule']} | {r['kept_fraction']:.2f} | "
-                f"{_with_interval(r, 'margin')} | {_with_interval(r, 'accuracy')} | {_with_interval(r, 'loss')} | "
-                f"{_with_interval(r, 'gap', '+')} |")
+                f"{_withinterval(r, 'margin')} | {_withinterval(r, 'accuracy')} | {_withinterval(r, 'loss')} | "
+                f"{_withinterval(r, 'gap', '+')} |")
         if has_judge:
             line += f" {_or_dash(r.get('win_rate'), '.3f')} |"
         if has_truth:
@@ -306,7 +312,28 @@ def report_markdown(rep: dict) -> str:
             mark = " (configured)" if criterion == rep["criterion"] else ""
             lines.append(f"| {criterion}{mark} | {made['chosen']} | {_or_dash(made['spearman'], '.2f')} | "
                          f"{_or_dash(made['regret'], '.3f')} |")
+    if rep.get("screen_rung"):
+        lines += ["", *rung_markdown(rep["screen_rung"], rep["cost"])]
     return "\n".join(lines) + "\n"
+
+
+def rung_markdown(rung: dict, cost: dict) -> list[str]:
+    """The screen rung of successive halving, and what the halving cost against a full tournament."""
+    key = CRITERIA[rung["criterion"]][0]
+    steps = cost["steps_per_candidate"]
+    lines = ["## Screen rung", "",
+             f"Every candidate's final run stopped part-way (its screen run) and judged on the dev pairs; the best by "
+             f"{rung['criterion']}, and the fallback, continued to their full runs (the table above); the others "
+             "were cut.", "",
+             f"| candidate | kept | screen steps of final | dev {key} [95%] | |", "|---|---|---|---|---|"]
+    for name, r in rung["candidates"].items():
+        lines.append(f"| {name} | {r['kept_fraction']:.2f} | {steps[name]['screen']} of {steps[name]['final']} | "
+                     f"{_withinterval(r, key)} | {'continued' if name in rung['finalists'] else 'cut'} |")
+    lines += ["", f"Cost: {cost['steps']} optimizer steps ({cost['screen_steps']} screening, {cost['finalist_steps']} "
+                  f"continuing {len(rung['finalists'])} finalists), {100 * cost['share_of_full']:.0f}% of the "
+                  f"{cost['full_tournament_steps']} of a full tournament; job time {cost['screen_seconds']:.0f} s "
+                  f"screening and {cost['finalist_seconds']:.0f} s continuing."]
+    return lines
 
 
 def adopt_winner(choice: dict, models: dict[str, str], out: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ from .data import hash_position
 from .io import atomic_path
 from .models import load_model, load_tokenizer
 from .settings import Settings
-from .tables import TRL_REF
+from .tables import SCREEN_CHECKPOINT, TRL_REF
 
 
 
@@ -49,6 +50,22 @@ class AnnounceCheckpoints(TrainerCallback):
             print(f"prefselect train: checkpoint at step {state.global_step} in {args.output_dir}", flush=True)
 
 
+class StopAtScreen(TrainerCallback):
+    """Ends a screen run after its share of the final run's optimizer steps (rounded up), with a checkpoint that
+    the final run continues from: a screen run is its final run, stopped."""
+
+    def __init__(self, share: float):
+        self.share = share
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= stop_step(state.max_steps, self.share):
+            control.should_training_stop = control.should_save = True
+
+
+def stop_step(max_steps: int, share: float) -> int:
+    return math.ceil(round(share * max_steps, 9))  # rounded first: 0.1 * 30 is 3.0000000000000004
+
+
 @dataclass(frozen=True)
 class DPOSettings:
     """One DPO run; `of` builds it from the config, whose schema holds every default."""
@@ -64,6 +81,7 @@ class DPOSettings:
     save_steps: int  # a resumable checkpoint every that many optimizer steps; 0: none
     micro_batch_size: int  # pairs per forward pass of one process; 0: its whole share of the batch
     gradient_checkpointing: bool  # recompute activations in the backward pass: less memory, ~30% slower
+    stop_epochs: float | None = None  # a screen run: this run, stopped after that many of its epochs
     eval_steps: float = 0.05  # no config key: with an eval set, every that many steps; below 1, that share of the run
     lora: dict | None = None  # training.lora but `merge`: train a LoRA adapter (a new one, or the one a folder holds)
     merge: bool = False  # training.lora.merge, for final runs: write the model merged, not the adapter
@@ -76,21 +94,21 @@ class DPOSettings:
     @classmethod
     def of(cls, s: Settings, stage: str, selector: str | None = None, **changes) -> DPOSettings:
         """The run of `stage` (settings.TRAIN_STAGES) from its settings; a selector's final or screening run takes
-        the loss of the selector's own `final` settings, and screening the auto selector's `screen_epochs`."""
-        t = s.training
+        the loss of the selector's own `final` settings. A screen run is the selector's final run, stopped after
+        the auto selector's `screen_epochs`, so that the final run can continue from it."""
+        t, stop = s.training, None
+        merge = bool(t.lora and t.lora["merge"] and stage == "final")  # a screen run's model stays an adapter
         if stage == "screen":
-            epochs = s.auto()[1]["screen_epochs"]
-        else:
-            epochs = t.warmup_epochs if stage in ("warmup", "crossfit") else getattr(t, f"{stage}_epochs")
+            stage, stop = "final", s.auto()[1]["screen_epochs"]
+        epochs = t.warmup_epochs if stage in ("warmup", "crossfit") else getattr(t, f"{stage}_epochs")
         final = s.selector(selector)["final"] if selector else {}
         return replace(cls(
             beta=s.method.beta, loss_type=final.get("loss_type", s.method.loss_type),
             label_smoothing=final.get("label_smoothing", default("selectors.*.final.label_smoothing")),
             epochs=epochs, learning_rate=t.learning_rate, batch_size=t.batch_size, max_length=s.data.max_length,
             seed=s.seed, save_steps=t.save_steps, micro_batch_size=t.micro_batch_size,
-            gradient_checkpointing=t.gradient_checkpointing,
-            lora={k: v for k, v in t.lora.items() if k != "merge"} if t.lora else None,
-            merge=bool(t.lora and t.lora["merge"] and stage == "final"),
+            gradient_checkpointing=t.gradient_checkpointing, stop_epochs=stop,
+            lora={k: v for k, v in t.lora.items() if k != "merge"} if t.lora else None, merge=merge,
         ), **changes)
 
 
@@ -169,13 +187,14 @@ def build_trainer(
         raise ValueError(f"{model_path!r} holds a LoRA adapter, but training.lora is null (full fine-tuning): set "
                          "training.lora as in the run that trained it, or retrain it without")
     model = load_model(model_path, trainable=continued, **load)
+    screen = [StopAtScreen(settings.stop_epochs / settings.epochs)] if settings.stop_epochs else []
     trainer = PrecomputedRefDPOTrainer(
         model=model,
         args=dpo_config(settings, work_dir, evaluate=eval_dataset is not None),
         train_dataset=dataset,
         eval_dataset=eval_dataset,
         processing_class=load_tokenizer(model_path, **load),
-        callbacks=[AnnounceCheckpoints()],
+        callbacks=[AnnounceCheckpoints(), *screen],
         peft_config=lora.lora_config(settings.lora) if settings.lora and not continued else None,
     )
     if lora.TRL_REF_ADAPTER in getattr(trainer.model, "peft_config", {}):
@@ -205,10 +224,11 @@ def run_key(model_path: str, pairs: pd.DataFrame, ref_logps: pd.DataFrame, setti
         "model": provenance.model_fingerprint(model_path),
         "pairs": [None if f is None else provenance.pairs_fingerprint(f) for f in frames],
         "ref": [None if f is None else provenance.frame_fingerprint(f) for f in (ref_logps, eval_ref_logps)],
+        # A screen run and its final run are one run: the final run continues from the screen run's checkpoint.
         # LoRA's settings only where set, so that full fine-tuning keeps the keys of its checkpoints; `merge` only
         # changes how the trained model is written, not the run.
         "settings": {k: v for k, v in asdict(settings).items()
-                     if k not in ("save_steps", "merge") and not (k == "lora" and v is None)},
+                     if k not in ("save_steps", "stop_epochs", "merge") and not (k == "lora" and v is None)},
         # DeepSpeed's optimizer states are sharded per process: they resume only under the same launch.
         "processes": [os.environ.get("WORLD_SIZE", "1"), os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")],
     })
@@ -220,6 +240,19 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
+RUN_KEY = "prefselect_run.json"
+
+
+def screen_checkpoint(screen_dir: str, key: str) -> Path:
+    """The checkpoint of the screen run `screen_dir`, checked to be the first part of the run of `key`."""
+    checkpoint = Path(screen_dir) / SCREEN_CHECKPOINT
+    recorded = json.loads((checkpoint / RUN_KEY).read_text())["key"] if (checkpoint / RUN_KEY).is_file() else None
+    if recorded != key:
+        raise ValueError(f"{screen_dir} is no screen run of this final run (other inputs or settings, or no "
+                         "checkpoint); rerun its screen job")
+    return checkpoint
+
+
 def train_dpo(
     model_path: str,
     pairs: pd.DataFrame,
@@ -229,6 +262,7 @@ def train_dpo(
     eval_pairs: pd.DataFrame | None = None,
     eval_ref_logps: pd.DataFrame | None = None,
     checkpoint_dir: str | None = None,
+    continue_from: str | None = None,
     **load,
 ) -> list[dict]:
     """Train `model_path` with DPO on `pairs` against the given reference log-probs; save to `out_dir`.
@@ -240,29 +274,38 @@ def train_dpo(
     the same inputs resumes from the newest one: it makes the same optimizer steps, on the same batches, as an
     uninterrupted run. `checkpoint_dir` is removed once `out_dir` is complete.
 
+    A screen run (`settings.stop_epochs`) stops part-way and keeps its last checkpoint in `out_dir/resume`; its
+    final run, given that folder as `continue_from`, resumes there, so it ends as an uninterrupted final run would.
+
     Under `accelerate launch` every process trains and calls `save_model` (ZeRO-3 gathers the weight shards from
     all of them), but only the main process writes the folder and renames it into place.
     """
     eval_dataset = None if eval_pairs is None else with_ref_logps(eval_pairs, eval_ref_logps)
+    # Every process of a distributed run computes the same key, so they share the folder.
+    key = run_key(model_path, pairs, ref_logps, settings, eval_pairs, eval_ref_logps)
     with contextlib.ExitStack() as stack:
         if checkpoint_dir and settings.save_steps:
-            # Every process of a distributed run computes the same key, so they share the folder.
-            key = run_key(model_path, pairs, ref_logps, settings, eval_pairs, eval_ref_logps)
             work = Path(checkpoint_dir) / f"run-{key}"
             resume = last_checkpoint(work) if work.is_dir() else None
         else:
             work, resume = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="prefselect-train."))), None
+        if continue_from and resume is None:
+            resume = screen_checkpoint(continue_from, key)
         trainer = build_trainer(model_path, with_ref_logps(pairs, ref_logps), settings, str(work), eval_dataset, **load)
         describe_processes(trainer)
         if resume and trainer.accelerator.is_main_process:
-            print(f"prefselect train: resuming from {resume} (step {resume.name.split('-')[1]})", flush=True)
+            step = json.loads((resume / "trainer_state.json").read_text())["global_step"]
+            print(f"prefselect train: resuming from {resume} (step {step})", flush=True)
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    with output_folder(out_dir) as tmp:
-        trainer.save_model(str(tmp))
-        if settings.merge and int(os.environ.get("RANK", 0)) == 0:
-            lora.merge_into_folder(Path(tmp), functools.partial(load_model, dtype="auto", **load))
-        history = trainer.state.log_history
-        (Path(tmp) / "training_log.json").write_text(json.dumps(history, indent=1))
+        with output_folder(out_dir) as tmp:
+            trainer.save_model(str(tmp))
+            if settings.merge and int(os.environ.get("RANK", 0)) == 0:
+                lora.merge_into_folder(Path(tmp), functools.partial(load_model, dtype="auto", **load))
+            history = trainer.state.log_history
+            (Path(tmp) / "training_log.json").write_text(json.dumps(history, indent=1))
+            if settings.stop_epochs and int(os.environ.get("RANK", 0)) == 0:
+                shutil.move(last_checkpoint(work), Path(tmp) / SCREEN_CHECKPOINT)
+                (Path(tmp) / SCREEN_CHECKPOINT / RUN_KEY).write_text(json.dumps({"key": key}))
     if checkpoint_dir and int(os.environ.get("RANK", 0)) == 0:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the model is complete; checkpoints of other runs are stale
     return history

@@ -1,20 +1,23 @@
+import json
 import os
 import shlex
 from pathlib import Path
 
 from prefselect.config import EXTERNAL_KINDS, auto_selector
 from prefselect.settings import step_config
-from prefselect.tournament import candidate_names, grid_selectors
+from prefselect.kinds import candidate_names, grid_selectors
 
 OUT = config["outdir"]
 SELECTORS = list(config["selectors"])
-# The tournament of the `auto` selector, if there is one: its candidates train their own final models (or, with
-# screen_epochs, shorter `screen-` runs, after which the winner trains in full as final-{AUTO}).
+# The tournament of the `auto` selector, if there is one: its candidates train their own final models; with
+# screen_epochs, their final runs stop early as `screen-` runs, after which the winner trains in full as
+# final-{AUTO}; with finalists too, the best screen runs continue to their final runs and the best of those wins.
 AUTO = auto_selector(config)
 AUTO_SPEC = config["selectors"][AUTO] if AUTO else {}
 CANDIDATES = candidate_names(AUTO_SPEC) if AUTO else []
 SCREEN_EPOCHS = AUTO_SPEC.get("screen_epochs")
-TOURNAMENT_STAGE = "screen" if SCREEN_EPOCHS else "final"
+FINALISTS = AUTO_SPEC.get("finalists")
+TOURNAMENT_STAGE = "screen" if SCREEN_EPOCHS and not FINALISTS else "final"
 GRID_ONLY = (
     set(grid_selectors(AUTO_SPEC["grid"])) - set(AUTO_SPEC["candidates"])
     if AUTO_SPEC.get("grid")
@@ -24,10 +27,20 @@ GRID_ONLY = (
 MATCHED = [s for s, spec in config["selectors"].items() if "like" in spec]
 # Selectors with a final model of their own, evaluated by the judge (screened grid candidates have none).
 FINALS = [s for s in SELECTORS if not (SCREEN_EPOCHS and s in GRID_ONLY)]
-# Selectors whose final model a DPO run trains; in full mode the auto selector adopts its winner's.
-TRAINED = [s for s in FINALS if s != AUTO or SCREEN_EPOCHS]
+# Selectors whose final model a DPO run trains; the auto selector adopts its winner's, except after screening alone.
+TRAINED = [s for s in FINALS if s != AUTO or TOURNAMENT_STAGE == "screen"]
 SHARDS = config["scoring"]["shards"]
 SFT = config["model"]["path"]
+
+
+def screen_run(wildcards):
+    """The screen run a candidate's final run continues from, where the auto selector screens."""
+    continues = (
+        SCREEN_EPOCHS
+        and wildcards.stage == "final"
+        and wildcards.selector in CANDIDATES
+    )
+    return [f"{OUT}/models/screen-{wildcards.selector}"] if continues else []
 
 
 def local_model(path):

@@ -1,5 +1,6 @@
-# The auto selector: each candidate's model judged on the dev pairs by forward passes, the winner adopted.
-CANDIDATE_MODELS = [f"{TOURNAMENT_STAGE}-{c}" for c in CANDIDATES]
+# The auto selector: each candidate's model judged on the dev pairs by forward passes, the winner adopted. With
+# finalists, successive halving: every candidate's screen run is judged first (the screen rung, a checkpoint of
+# the DAG), and only the finalists it names continue to the final runs that the tournament judges.
 
 
 localrules:
@@ -7,11 +8,52 @@ localrules:
     tournament_report,
 
 
+def judged(wildcards):
+    """The candidates whose models the tournament judges: every one, or the screen rung's finalists."""
+    if not FINALISTS:
+        return CANDIDATES
+    return json.loads(Path(checkpoints.screen_rung.get().output[0]).read_text())[
+        "finalists"
+    ]
+
+
+def judged_files(pattern):
+    """An input function: `pattern` (with {name} for a candidate, {stage} for its model's) per judged candidate."""
+    return lambda wildcards: [
+        pattern.format(name=c, stage=TOURNAMENT_STAGE) for c in judged(wildcards)
+    ]
+
+
+if FINALISTS:
+
+    localrules:
+        screen_rung,
+
+    checkpoint screen_rung:
+        input:
+            logps=expand(f"{OUT}/eval/dev/logps/screen-{{c}}.parquet", c=CANDIDATES),
+            ref=ref_shards("dev"),
+            selections=expand(f"{OUT}/selection/{{c}}.parquet", c=CANDIDATES),
+        output:
+            f"{OUT}/eval/dev/screen_rung.json",
+        log:
+            f"{OUT}/logs/screen_rung.log",
+        conda:
+            "../../envs/prefselect.yaml"
+        params:
+            auto=AUTO,
+            names=CANDIDATES,
+            config=shlex.quote(step_config(config, "screen-rung", selector=AUTO)),
+        shell:
+            "python -m prefselect screen-rung --config {params.config} --selector {params.auto} --names {params.names} "
+            "--logps {input.logps} --ref {input.ref} --selections {input.selections} --out {output} > {log} 2>&1"
+
+
 rule tournament:
     input:
-        logps=expand(f"{OUT}/eval/dev/logps/{{model}}.parquet", model=CANDIDATE_MODELS),
+        logps=judged_files(f"{OUT}/eval/dev/logps/{{stage}}-{{name}}.parquet"),
         ref=ref_shards("dev"),
-        selections=expand(f"{OUT}/selection/{{selector}}.parquet", selector=CANDIDATES),
+        selections=judged_files(f"{OUT}/selection/{{name}}.parquet"),
     output:
         selection=f"{OUT}/selection/{AUTO}.parquet",
         choice=f"{OUT}/eval/dev/choice.json",
@@ -21,7 +63,7 @@ rule tournament:
         "../../envs/prefselect.yaml"
     params:
         auto=AUTO,
-        names=CANDIDATES,
+        names=judged,
         config=shlex.quote(step_config(config, "tournament", selector=AUTO)),
     shell:
         "python -m prefselect tournament --config {params.config} --selector {params.auto} --names {params.names} "
@@ -29,16 +71,16 @@ rule tournament:
         "--out-selection {output.selection} --out-choice {output.choice} > {log} 2>&1"
 
 
-if not SCREEN_EPOCHS:
+if TOURNAMENT_STAGE == "final":
 
     localrules:
         adopt_winner,  # hard links
 
     rule adopt_winner:
-        """Without screening, the winner's final model is final-{AUTO}, linked rather than trained again."""
+        """The winner's final model is final-{AUTO}, linked rather than trained again."""
         input:
             choice=rules.tournament.output.choice,
-            models=expand(f"{OUT}/models/final-{{selector}}", selector=CANDIDATES),
+            models=judged_files(f"{OUT}/models/final-{{name}}"),
         output:
             directory(f"{OUT}/models/final-{AUTO}"),
         log:
@@ -47,14 +89,27 @@ if not SCREEN_EPOCHS:
             "../../envs/prefselect.yaml"
         params:
             models=lambda wildcards, input: [
-                f"{c}={m}" for c, m in zip(CANDIDATES, input.models)
+                f"{c}={m}" for c, m in zip(judged(wildcards), input.models)
             ],
         shell:
             "python -m prefselect adopt-winner --choice {input.choice} --models {params.models} --out {output} > {log} 2>&1"
 
 
+def halving_inputs(wildcards):
+    """What the report reads of successive halving: the rung, every screen run and the jobs' benchmark files."""
+    if not FINALISTS:
+        return {"rung": [], "screens": [], "benchmarks": []}
+    return {
+        "rung": checkpoints.screen_rung.get().output[0],
+        "screens": expand(f"{OUT}/models/screen-{{c}}", c=CANDIDATES),
+        "benchmarks": expand(f"{OUT}/benchmarks/screen-{{c}}.tsv", c=CANDIDATES)
+        + expand(f"{OUT}/benchmarks/final-{{c}}.tsv", c=judged(wildcards)),
+    }
+
+
 rule tournament_report:
     input:
+        unpack(halving_inputs),
         choice=rules.tournament.output.choice,
         results=rules.evaluate.output.json,
     output:
@@ -77,4 +132,5 @@ rule tournament_report:
         config=settings("tournament-report"),
     shell:
         "python -m prefselect tournament-report --config {params.config} --choice {input.choice} "
-        "--results {input.results} --out-json {output.json} --out-md {output.md} --out-png {output.png} > {log} 2>&1"
+        "--results {input.results} --rung {input.rung} --screens {input.screens} --benchmarks {input.benchmarks} "
+        "--out-json {output.json} --out-md {output.md} --out-png {output.png} > {log} 2>&1"

@@ -52,10 +52,12 @@ rule aux:
 
 
 rule final:
-    """Continue from θ on a selection: final-{selector}, or with the auto selector's screen_epochs a shorter
-    screen-{candidate} run for its tournament."""
+    """Continue from θ on a selection: final-{selector}; with the auto selector's screen_epochs, each candidate's
+    final run stopped early (screen-{candidate}) for its tournament, and a candidate's final run continues it.
+    """
     input:
         warmup=rules.warmup.output,
+        screen=screen_run,
         data=f"{OUT}/data/train.parquet",
         selection=f"{OUT}/selection/{{selector}}.parquet",
         ref=ref_shards("train"),
@@ -63,6 +65,8 @@ rule final:
         directory(f"{OUT}/models/{{stage}}-{{selector}}"),
     log:
         f"{OUT}/logs/{{stage}}-{{selector}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/{{stage}}-{{selector}}.tsv"
     wildcard_constraints:
         stage="final|screen" if SCREEN_EPOCHS else "final",
         selector="|".join(TRAINED + CANDIDATES),
@@ -80,4 +84,4 @@ rule final:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} train --stage {wildcards.stage} "
         "--selector {wildcards.selector} --config {params.config} --model {input.warmup} --data {input.data} "
         "--selection {input.selection} --ref {input.ref} --checkpoint-dir {params.checkpoints} "
-        "--out {output} > {log} 2>&1"
+        "--continue-from {input.screen} --out {output} > {log} 2>&1"
