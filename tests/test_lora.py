@@ -305,3 +305,16 @@ def test_without_peft_lora_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)  # what an environment without peft imports
     with pytest.raises(ImportError, match=r"training.lora .* needs peft: pip install 'prefselect\[lora\]'"):
         require_peft()
+
+
+def test_a_lora_final_continues_its_screen_run_bit_for_bit(warmup, pairs, ref, tmp_path):
+    """Successive halving with LoRA: a screen run of θ's adapter, stopped half-way, and its final run continued from
+    it end with the adapter of an uninterrupted final run, bit for bit; only the final run merges."""
+    settings = lora_settings(save_steps=0)
+    train_dpo(str(warmup), pairs, ref, str(tmp_path / "uninterrupted"), settings)
+    train_dpo(str(warmup), pairs, ref, str(tmp_path / "screen"), replace(settings, stop_epochs=1.0))
+    assert (tmp_path / "screen/adapter_config.json").is_file() and (tmp_path / "screen/resume").is_dir()
+    train_dpo(str(warmup), pairs, ref, str(tmp_path / "final"), settings, continue_from=str(tmp_path / "screen"))
+    continued = load_file(tmp_path / "final/adapter_model.safetensors")
+    for name, value in load_file(tmp_path / "uninterrupted/adapter_model.safetensors").items():
+        assert torch.equal(continued[name], value), name
