@@ -3,10 +3,8 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import config_arg, dpo_settings, influence_settings, make_pairs, one_torch_thread
+from conftest import (config_arg, dpo_settings, influence_settings, kill_at_first_checkpoint, made_up_run, make_pairs,
+                      one_torch_thread)
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -239,11 +238,7 @@ def test_a_llama_trains_an_adapter_on_every_linear_layer_and_loads_it(tiny_lm, p
 
 def test_a_killed_lora_run_resumes_from_its_last_checkpoint_and_ends_as_an_uninterrupted_one(tiny_lm, tmp_path):
     """As tests/test_training.py's resume test, with an adapter (and its dropout, whose random state resumes too)."""
-    pairs = make_pairs(48)
-    logps = -np.arange(48.0) - 20
-    ref = pd.DataFrame({"id": pairs["id"], "chosen_logp": logps, "rejected_logp": logps - 1})
-    pairs.to_parquet(tmp_path / "pairs.parquet")
-    ref.to_parquet(tmp_path / "ref.parquet")
+    pairs, ref = made_up_run(48, tmp_path)
     spec = {**LORA, "dropout": 0.1}
     steps = 2 * 48 // 2
     with one_torch_thread():  # as the command below
@@ -259,12 +254,7 @@ def test_a_killed_lora_run_resumes_from_its_last_checkpoint_and_ends_as_an_unint
         "--checkpoint-dir", str(checkpoints), "--out", str(out),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not list(checkpoints.glob("run-*/checkpoint-*/trainer_state.json")):
-        assert process.poll() is None, "the run ended before its first checkpoint"
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
+    kill_at_first_checkpoint(command, env, checkpoints)
     (last,) = checkpoints.glob("run-*/checkpoint-*")
     done = int(last.name.split("-")[1])
     assert 0 < done < steps
