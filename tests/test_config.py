@@ -2,6 +2,7 @@
 
 import ast
 import copy
+import json
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from prefselect import settings
 from prefselect.config import ConfigError, default, validate
 
 REPO = Path(__file__).parents[1]
@@ -312,3 +314,13 @@ def test_the_package_has_no_import_circle():
 
     for module in sorted(graph):
         visit(module)
+
+
+def test_a_step_config_leaves_out_what_its_step_does_not_read_and_changes_no_config():
+    config = validate(yaml.safe_load((REPO / "tests/e2e/config.yaml").read_text()))
+    before = copy.deepcopy(config)
+    select = json.loads(settings.step_config(config, "select", selector="rdpo"))
+    assert "final" not in select["selectors"]["rdpo"] and select["selectors"]["rdpo"]["kind"] == "full"
+    assert config == before
+    final = json.loads(settings.step_config(config, "train", "final", "rdpo"))
+    assert final["selectors"]["rdpo"]["final"] == {"loss_type": "robust", "label_smoothing": 0.3}

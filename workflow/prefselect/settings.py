@@ -8,6 +8,7 @@ and a key the step was not given raises when read, so the workflow cannot leave 
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
@@ -292,7 +293,7 @@ def _pick(config: dict, key: str, into: dict) -> None:
     node, target = config, into
     for part in parents:
         node, target = node[part], target.setdefault(part, {})
-    target[last] = node[last]
+    target[last] = copy.deepcopy(node[last])  # the picked keys may lose parts (STEP_EXCEPT); the config may not
 
 
 def step_config(config: dict, step: str, stage: str | None = None, selector: str | None = None) -> str:
