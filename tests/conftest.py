@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
 
 import pandas as pd
 import pytest
@@ -142,6 +148,27 @@ def completion_tokens(folder: str, pairs: pd.DataFrame) -> pd.DataFrame:
     prompt = pairs["prompt"].map(lambda text: len(tokenizer(text)["input_ids"]))
     return pd.DataFrame({key: (pairs["prompt"] + pairs[key] + tokenizer.eos_token).map(
         lambda text: len(tokenizer(text)["input_ids"])) - prompt for key in ("chosen", "rejected")})
+
+
+def made_up_run(n: int, folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`n` pairs with made-up reference log-probs (each rejected 1 below its chosen), also written to
+    `folder` as pairs.parquet and ref.parquet for a step run as a command."""
+    pairs = make_pairs(n)
+    logps = -np.arange(float(n)) - 20
+    ref = pd.DataFrame({"id": pairs["id"], "chosen_logp": logps, "rejected_logp": logps - 1})
+    pairs.to_parquet(folder / "pairs.parquet")
+    ref.to_parquet(folder / "ref.parquet")
+    return pairs, ref
+
+
+def kill_at_first_checkpoint(command: list[str], env: dict, checkpoints: Path) -> None:
+    """Run `command` and SIGKILL it as soon as a checkpoint under `checkpoints` is complete."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not list(checkpoints.glob("run-*/checkpoint-*/trainer_state.json")):
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
 
 
 def config_arg(**keys) -> list[str]:

@@ -61,3 +61,40 @@ def test_memory_only_runs_just_the_memory_rows(tmp_path):
 def test_gpu_variant_fails_clearly_without_cuda():
     run = subprocess.run([*BENCH, "--device", "cuda"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "--device cuda needs a CUDA GPU" in run.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU benchmark runs here")
+def test_dpo_step_benchmark_stops_clearly_without_cuda():
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "dpo_steps.py"), "--model", "unused"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "needs a CUDA GPU" in run.stderr
+
+
+def fake_run(folder: Path, rates: dict, chosen: str, weights: str, size: int, seconds: float) -> Path:
+    """The parts of a completed run that benchmarks/lora_vs_full.py reads."""
+    (folder / "eval/dev").mkdir(parents=True)
+    (folder / "eval/results.json").write_text(json.dumps({"selectors": {k: {"win_rate": v} for k, v in rates.items()}}))
+    (folder / "eval/dev/choice.json").write_text(json.dumps({"chosen": chosen}))
+    for stage in ("warmup", "aux", "final-full", "final-lossdiff_irm"):
+        (folder / "models" / stage).mkdir(parents=True)
+        log = [{"loss": 0.7, "step": 1}, {"loss": 0.6, "step": 4}, {"train_runtime": 4 * seconds, "step": 4}]
+        (folder / "models" / stage / "training_log.json").write_text(json.dumps(log))
+    (folder / "models/final-full" / weights).write_bytes(b"0" * size)
+    (folder / "models/final-full/tokenizer.json").write_bytes(b"0" * 1000)  # not counted
+    return folder
+
+
+def test_lora_vs_full_pairs_the_runs_of_each_seed(tmp_path):
+    names = ["full", "random", "lossdiff_irm", "aux_irm_top64", "auto"]
+    full = [fake_run(tmp_path / f"full-{s}", {n: 0.5 + 0.01 * s for n in names}, "auto", "model.safetensors", 300, 0.4)
+            for s in (0, 1)]
+    lora = [fake_run(tmp_path / f"lora-{s}", {n: 0.52 + 0.03 * s for n in names}, "full", "adapter_model.safetensors",
+                     20, 0.2) for s in (0, 1)]
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lora_vs_full.py"), "--full", *map(str, full),
+                          "--lora", *map(str, lora)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    # LoRA − full per seed: 0.02 and 0.04, so 0.030 ± 0.014
+    assert "| random | 0.505 ± 0.007 | 0.535 ± 0.021 | 0.030 ± 0.014 |" in run.stdout
+    assert "| lora-1 | auto (0.510) | full (0.550) |" in run.stdout
+    assert "| one trained model on disk (`final-full`, bytes) | 300 | 20 |" in run.stdout
+    assert "| s per optimizer step, warmup (median of runs) | 0.400 | 0.200 |" in run.stdout

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
+import torch
 from conftest import config_arg, dpo_settings, make_pairs
 
 from prefselect.models import load_model
@@ -76,18 +77,54 @@ def test_two_deepspeed_processes_train_the_same_model_as_one_process(data, tiny_
         assert (value - one_process[name]).abs().max() < 1e-5, name  # ...exactly as one process would
 
 
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear", "merge": False}
+
+
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_two_deepspeed_processes_train_the_same_adapter_as_one_process(data, tiny_lm, zero):
+    """training.lora under DeepSpeed: the saved adapter is the one a single process trains; no base weight moves."""
+    pytest.importorskip("peft", reason="peft is not installed: pip install -e '.[lora]'")
+    from safetensors.torch import load_file
+
+    pairs, ref = pd.read_parquet(data / "pairs.parquet"), pd.read_parquet(data / "ref.parquet")
+    train_dpo(tiny_lm, pairs, ref, str(data / f"lora-one-{zero}"),
+              dpo_settings(batch_size=8, max_length=48, learning_rate=1e-2, lora=LORA))
+    out = data / f"lora-{zero}"
+    command, env = two_processes(data, tiny_lm, out, {"deepspeed": zero, "batch_size": 8, "learning_rate": 1e-2,
+                                                      "lora": LORA})
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert f"2 process(es) on cpu, DeepSpeed ZeRO-{zero[-1]}" in result.stdout
+    trained = load_file(out / "adapter_model.safetensors")
+    one = load_file(data / f"lora-one-{zero}" / "adapter_model.safetensors")
+    assert trained.keys() == one.keys() and trained
+    for name, value in trained.items():
+        if ".lora_B." in name:
+            assert value.abs().max() > 1e-4, name  # it trained (B starts at zero)...
+        assert (value - one[name]).abs().max() < 1e-5, name  # ...exactly as one process would
+    start = weights(tiny_lm)
+    for name, value in weights(out).items():
+        if ".lora_" not in name:
+            assert torch.equal(value, start[name.replace(".base_layer.", ".")]), name
+
+
 def launch(data, tiny_lm, out, checkpoints, **popen):
     """`prefselect --gpus 2 train` with ZeRO-2 for 2 epochs (8 optimizer steps), a checkpoint every 2."""
+    training = {"deepspeed": "zero2", "batch_size": 8, "warmup_epochs": 2, "save_steps": 2}
+    command, env = two_processes(data, tiny_lm, out, training, "--checkpoint-dir", str(checkpoints))
+    return subprocess.Popen(command, env=env, **popen)
+
+
+def two_processes(data, tiny_lm, out, training: dict, *more: str) -> tuple[list[str], dict]:
+    """The command and environment of `prefselect --gpus 2 train` on the test pairs with these training keys."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
     env.update(CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO / "workflow"))
     command = [
         sys.executable, "-m", "prefselect", "--gpus", "2", "train", "--model", tiny_lm,
-        *config_arg(training={"deepspeed": "zero2", "batch_size": 8, "warmup_epochs": 2, "save_steps": 2},
-                    data={"max_length": 48}),
-        "--data", str(data / "pairs.parquet"), "--ref", str(data / "ref.parquet"), "--checkpoint-dir", str(checkpoints),
-        "--out", str(out),
+        *config_arg(training=training, data={"max_length": 48}),
+        "--data", str(data / "pairs.parquet"), "--ref", str(data / "ref.parquet"), *more, "--out", str(out),
     ]
-    return subprocess.Popen(command, env=env, **popen)
+    return command, env
 
 
 def test_a_killed_deepspeed_run_resumes_and_ends_as_an_uninterrupted_one(data, tiny_lm):

@@ -53,7 +53,8 @@ def test_every_rule_environment_exists_and_is_used():
 def test_environment_pins_agree_with_pyproject(path):
     specs, python = env_specs(path)
     assert python and Version(python.rstrip(".*")) in SpecifierSet(PYPROJECT["requires-python"])
-    wanted = PYPROJECT["dependencies"] + PYPROJECT["optional-dependencies"]["deepspeed"]
+    extras = PYPROJECT["optional-dependencies"]
+    wanted = PYPROJECT["dependencies"] + extras["deepspeed"] + extras["lora"]
     for line in wanted:
         requirement = Requirement(line)
         name = canonicalize_name(requirement.name)

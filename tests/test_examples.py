@@ -84,7 +84,23 @@ def plan(tmp_path_factory):
 
 def test_there_are_examples_for_gpus():
     names = {path.name for path in EXAMPLES}
-    assert {"llama31_8b_ultrafeedback.yaml", "qwen3_8b_ultrafeedback.yaml"} <= names
+    assert {"llama31_8b_ultrafeedback.yaml", "qwen3_8b_ultrafeedback.yaml", "llama31_8b_lora_auto.yaml"} <= names
+
+
+def test_the_lora_example_trains_every_stage_as_an_adapter_on_one_gpu_with_the_demos_tournament(plan):
+    example = REPO / "config" / "examples" / "llama31_8b_lora_auto.yaml"
+    config = load(str(example))
+    assert config["training"]["gpus"] == 1 and config["training"]["lora"]["target_modules"] == "all-linear"
+    demo = load(str(REPO / "config" / "examples" / "demo_tournament.yaml"))
+    assert config["selectors"]["auto"] == demo["selectors"]["auto"]  # the demo's 13 candidates
+    jobs = plan(example)
+    dpo = [job for job in jobs if job["rule"] in DPO_RULES]
+    # warm-up, θ_val, 13 candidates' finals and random's (auto adopts its winner's)
+    assert len(dpo) == 2 + 13 + 1 and Counter(job["rule"] for job in jobs)["adopt_winner"] == 1
+    for job in dpo:
+        assert job["resources"]["gpu"] == "1" and " --gpus 1 " in job["shell"], job
+        assert '"lora": {"alpha": 32, "dropout": 0.05, "merge": false, "r": 16, "target_modules": "all-linear"}' \
+            in job["shell"], job
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[path.stem for path in EXAMPLES])
@@ -147,7 +163,7 @@ MODEL_RULES = {"ref_logps": "scoring", "score": "scoring", "reward_margin": "sco
                "final": "training", "group_train": "training", "sample": "evaluation"}
 
 
-@pytest.mark.parametrize("name", ["llama31_8b_ultrafeedback", "qwen3_8b_ultrafeedback"])
+@pytest.mark.parametrize("name", ["llama31_8b_ultrafeedback", "qwen3_8b_ultrafeedback", "llama31_8b_lora_auto"])
 def test_on_slurm_every_model_job_of_a_gpu_example_gets_gpus_memory_cpus_and_the_gpu_partition(name, tmp_path):
     """A dry run through profiles/slurm, rule by rule: a job that loads a model asks for its section's GPUs,
     memory and wall time, `threads` CPUs per GPU, and PREFSELECT_GPU_PARTITION; every other job, none of them."""

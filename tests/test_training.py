@@ -3,10 +3,8 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import completion_tokens, config_arg, dpo_settings, loop_logps, make_pairs, one_torch_thread
+from conftest import (completion_tokens, config_arg, dpo_settings, kill_at_first_checkpoint, loop_logps, made_up_run,
+                      make_pairs, one_torch_thread)
 from datasets import Dataset
 from transformers import TrainerCallback
 
@@ -133,11 +132,7 @@ def test_train_saves_a_loadable_model_that_learned(tiny_lm, pairs, ref, tmp_path
 
 
 def test_a_killed_training_resumes_from_its_last_checkpoint_and_ends_as_an_uninterrupted_one(tiny_lm, tmp_path):
-    pairs = make_pairs(48)
-    logps = -np.arange(48.0) - 20
-    ref = pd.DataFrame({"id": pairs["id"], "chosen_logp": logps, "rejected_logp": logps - 1})
-    pairs.to_parquet(tmp_path / "pairs.parquet")
-    ref.to_parquet(tmp_path / "ref.parquet")
+    pairs, ref = made_up_run(48, tmp_path)
     settings = dpo_settings(batch_size=2, epochs=2, max_length=48)
     steps = 2 * 48 // 2
     with one_torch_thread():  # as the command below
@@ -152,12 +147,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint_and_ends_as_an_unint
         "--out", str(out),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not list(checkpoints.glob("run-*/checkpoint-*/trainer_state.json")):
-        assert process.poll() is None, "the run ended before its first checkpoint"
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
+    kill_at_first_checkpoint(command, env, checkpoints)
     assert not out.exists()
     (last,) = checkpoints.glob("run-*/checkpoint-*")
     done = int(last.name.split("-")[1])

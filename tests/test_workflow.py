@@ -421,3 +421,29 @@ def test_rerun_after_a_lost_score_shard_recomputes_only_that_shard_and_its_depen
     snakemake(workdir)
     pd.testing.assert_frame_equal(before, pd.read_parquet(out / "scores/scores.parquet"), check_exact=True)
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout
+
+
+def test_the_dag_runs_with_lora_adapters_in_every_stage(workdir, tmp_path):
+    """training.lora on the e2e demo, tournament included. A copy of the shared run keeps its SFT model, data and
+    reference log-probs (no LoRA key reaches them); every DPO stage and all that reads its models runs again."""
+    lora = shutil.copytree(workdir, tmp_path / "lora", symlinks=True)
+    planned = jobs_of(snakemake(lora, "-n", config="config_lora.yaml").stdout)
+    assert not {"demo_sft", "demo_pairs", "prepare", "ref_logps"} & set(planned)
+    assert {"warmup", "aux", "score", "final", "heldout_logps", "tournament", "adopt_winner", "sample",
+            "evaluate"} <= set(planned)
+    snakemake(lora, config="config_lora.yaml")
+    out = lora / "results"
+    choice = json.loads((out / "eval/dev/choice.json").read_text())
+    trained = ["warmup", "aux", *(f"final-{name}" for name in ("lossdiff_irm", "full", "random", "aux_irm_top50"))]
+    for name in trained:
+        adapter = json.loads((out / "models" / name / "adapter_config.json").read_text())
+        assert adapter["base_model_name_or_path"] == "results/models/sft", name
+        assert not (out / "models" / name / "model.safetensors").exists(), name  # the adapter only
+    winner = out / "models" / f"final-{choice['chosen']}"
+    assert (out / "models/final-auto/adapter_model.safetensors").samefile(winner / "adapter_model.safetensors")
+    results = json.loads((out / "eval/results.json").read_text())["selectors"]
+    assert set(results) == {"lossdiff_irm", "full", "random", "auto", "aux_irm_top50"}
+    assert (out / "eval/tournament.md").is_file() and not (out / "checkpoints").exists()
+    # the SFT model, its log-probs and the data are the shared run's, untouched
+    for path in ("models/sft/model.safetensors", "logps/ref/train/0-of-2.parquet", "data/train.parquet"):
+        assert (out / path).read_bytes() == (workdir / "results" / path).read_bytes(), path

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch.func import functional_call, grad, vmap
 from transformers import PreTrainedModel
 
+from . import lora
 from .io import atomic_path
 from .logps import collated_batches, tokenize_pairs
 from .settings import Settings
@@ -63,8 +64,14 @@ def differentiable_model(model: PreTrainedModel) -> PreTrainedModel:
 
 
 def selected_parameters(model: PreTrainedModel, patterns: list[str] | None) -> dict[str, torch.Tensor]:
-    """The parameters whose names match any glob pattern (all of them for None); tied weights appear once."""
+    """The parameters whose names match any glob pattern (all of them for None); tied weights appear once.
+
+    A model with a LoRA adapter (training.lora) is trained in its adapter only, so its gradients are taken over the
+    adapter's parameters only (LoRA's A and B matrices, as LESS does): the patterns choose among those."""
     named = dict(model.named_parameters())
+    adapter = lora.adapter_parameter_names(model)
+    if adapter:
+        named = {name: p for name, p in named.items() if name in adapter}
     for pattern in patterns or []:
         if not any(fnmatch(name, pattern) for name in named):
             raise ValueError(f"influence.params: {pattern!r} matches no parameter; names are like {list(named)[:4]}")

@@ -14,6 +14,8 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
 )
 
+from . import lora
+
 # What each kind of model is, by the class names a saved config lists under `architectures` (remote code brings
 # classes of its own, named by the same convention).
 KINDS = {
@@ -66,10 +68,16 @@ def _check_kind(path: str, config, auto_class: type) -> None:
 
 
 def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | str = torch.float32,
-               auto_class: type = AutoModelForCausalLM) -> PreTrainedModel:
+               auto_class: type = AutoModelForCausalLM, trainable: bool = False) -> PreTrainedModel:
     """Load a model (a causal LM unless `auto_class` says otherwise) from a folder or hub id, from safetensors
-    weights (never by unpickling)."""
+    weights (never by unpickling).
+
+    A folder holding a LoRA adapter (training.lora) loads as its base model with the adapter on it, a PeftModel;
+    `trainable` leaves the adapter's parameters trainable (a DPO run that continues it)."""
     _check_source(path)
+    if lora.is_adapter(path):
+        base = load_model(lora.base_of(path), trust_remote_code, dtype, auto_class)
+        return lora.with_adapter(base, path, trainable)
     folder = Path(path).expanduser()
     if folder.is_dir() and not (folder / "config.json").is_file():
         raise ValueError(f"{path!r} is not a model folder: it has no config.json (it holds "

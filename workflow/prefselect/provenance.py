@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
+from . import lora
 from .fetch import sha256_of
 from .tables import PAIR
 
@@ -37,7 +38,8 @@ def file_digest(path: str | Path) -> str:
 
 @functools.lru_cache(maxsize=None)
 def model_fingerprint(path: str) -> str:
-    """A digest of every file of a model folder (weights, config, tokenizer); a hub id stands for itself.
+    """A digest of every file of a model folder (weights, config, tokenizer); a hub id stands for itself. A folder
+    holding a LoRA adapter is fingerprinted together with its base model.
 
     Hashing reads the weights once per process (about 10 s for 16 GB), a small price next to loading them.
     """
@@ -45,7 +47,13 @@ def model_fingerprint(path: str) -> str:
     if not folder.is_dir():
         return f"hub:{path}"
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in NOT_MODEL_FILES)
-    return digest([(str(p.relative_to(folder)), file_digest(p)) for p in files])
+    own = [(str(p.relative_to(folder)), file_digest(p)) for p in files]
+    return digest([own, base_fingerprint(path)]) if lora.is_adapter(folder) else digest(own)
+
+
+def base_fingerprint(adapter: str) -> str:
+    """The fingerprint of the base model of the adapter in folder `adapter`."""
+    return model_fingerprint(lora.base_of(adapter))
 
 
 def frame_fingerprint(df: pd.DataFrame, columns: list[str] | None = None) -> str:

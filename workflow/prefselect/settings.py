@@ -21,7 +21,7 @@ DATA_SPLITS = tuple(f"data.{key}" for key in ("split", "validation_split", "val_
                                               "dev_fraction", "test_split", "test_fraction", "max_length",
                                               "min_rows"))
 DPO = ("seed", *FORWARD, "method", *(f"training.{key}" for key in (
-    "learning_rate", "batch_size", "micro_batch_size", "gradient_checkpointing", "save_steps", "deepspeed")))
+    "learning_rate", "batch_size", "micro_batch_size", "gradient_checkpointing", "save_steps", "deepspeed", "lora")))
 GRADIENTS = ("seed", *FORWARD, "method", "influence.params", "influence.batch_size")
 
 # The config keys each step reads; `{selector}` is the selector a job is for, `{auto}` the auto selector.
@@ -200,6 +200,7 @@ class Training(Section):
     threads: int
     mem_mb: int
     runtime: int
+    lora: dict | None  # the LoRA adapter of every DPO stage (r, alpha, dropout, target_modules, merge); None: full
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -17,7 +18,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
-from . import provenance
+from . import lora, provenance
 from .config import default
 from .data import hash_position
 from .io import atomic_path
@@ -82,6 +83,8 @@ class DPOSettings:
     gradient_checkpointing: bool  # recompute activations in the backward pass: less memory, ~30% slower
     stop_epochs: float | None = None  # a screen run: this run, stopped after that many of its epochs
     eval_steps: float = 0.05  # no config key: with an eval set, every that many steps; below 1, that share of the run
+    lora: dict | None = None  # training.lora but `merge`: train a LoRA adapter (a new one, or the one a folder holds)
+    merge: bool = False  # training.lora.merge, for final runs: write the model merged, not the adapter
 
     def __post_init__(self):
         if self.label_smoothing and self.loss_type != "robust":
@@ -94,6 +97,7 @@ class DPOSettings:
         the loss of the selector's own `final` settings. A screen run is the selector's final run, stopped after
         the auto selector's `screen_epochs`, so that the final run can continue from it."""
         t, stop = s.training, None
+        merge = bool(t.lora and t.lora["merge"] and stage == "final")  # a screen run's model stays an adapter
         if stage == "screen":
             stage, stop = "final", s.auto()[1]["screen_epochs"]
         epochs = t.warmup_epochs if stage in ("warmup", "crossfit") else getattr(t, f"{stage}_epochs")
@@ -104,6 +108,7 @@ class DPOSettings:
             epochs=epochs, learning_rate=t.learning_rate, batch_size=t.batch_size, max_length=s.data.max_length,
             seed=s.seed, save_steps=t.save_steps, micro_batch_size=t.micro_batch_size,
             gradient_checkpointing=t.gradient_checkpointing, stop_epochs=stop,
+            lora={k: v for k, v in t.lora.items() if k != "merge"} if t.lora else None, merge=merge,
         ), **changes)
 
 
@@ -174,16 +179,27 @@ def dpo_config(settings: DPOSettings, output_dir: str, evaluate: bool = False) -
 def build_trainer(
     model_path: str, dataset: Dataset, settings: DPOSettings, work_dir: str, eval_dataset: Dataset | None = None, **load
 ) -> DPOTrainer:
-    model = load_model(model_path, **load)
+    """The trainer of one DPO run from `model_path`. With `settings.lora`, a folder holding an adapter continues
+    that adapter (θ_val and the final runs continue θ's, as full fine-tuning continues θ's weights); a whole model
+    gets a new adapter, through TRL's `peft_config`. Either way only the adapter trains."""
+    continued = lora.is_adapter(model_path)
+    if continued and settings.lora is None:
+        raise ValueError(f"{model_path!r} holds a LoRA adapter, but training.lora is null (full fine-tuning): set "
+                         "training.lora as in the run that trained it, or retrain it without")
+    model = load_model(model_path, trainable=continued, **load)
     screen = [StopAtScreen(settings.stop_epochs / settings.epochs)] if settings.stop_epochs else []
-    return PrecomputedRefDPOTrainer(
+    trainer = PrecomputedRefDPOTrainer(
         model=model,
         args=dpo_config(settings, work_dir, evaluate=eval_dataset is not None),
         train_dataset=dataset,
         eval_dataset=eval_dataset,
         processing_class=load_tokenizer(model_path, **load),
         callbacks=[AnnounceCheckpoints(), *screen],
+        peft_config=lora.lora_config(settings.lora) if settings.lora and not continued else None,
     )
+    if lora.TRL_REF_ADAPTER in getattr(trainer.model, "peft_config", {}):
+        trainer.model.delete_adapter(lora.TRL_REF_ADAPTER)  # the reference is the SFT model's precomputed log-probs
+    return trainer
 
 
 def output_folder(out_dir: str) -> contextlib.AbstractContextManager:
@@ -209,7 +225,10 @@ def run_key(model_path: str, pairs: pd.DataFrame, ref_logps: pd.DataFrame, setti
         "pairs": [None if f is None else provenance.pairs_fingerprint(f) for f in frames],
         "ref": [None if f is None else provenance.frame_fingerprint(f) for f in (ref_logps, eval_ref_logps)],
         # A screen run and its final run are one run: the final run continues from the screen run's checkpoint.
-        "settings": {k: v for k, v in asdict(settings).items() if k not in ("save_steps", "stop_epochs")},
+        # LoRA's settings only where set, so that full fine-tuning keeps the keys of its checkpoints; `merge` only
+        # changes how the trained model is written, not the run.
+        "settings": {k: v for k, v in asdict(settings).items()
+                     if k not in ("save_steps", "stop_epochs", "merge") and not (k == "lora" and v is None)},
         # DeepSpeed's optimizer states are sharded per process: they resume only under the same launch.
         "processes": [os.environ.get("WORLD_SIZE", "1"), os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")],
     })
@@ -280,6 +299,8 @@ def train_dpo(
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         with output_folder(out_dir) as tmp:
             trainer.save_model(str(tmp))
+            if settings.merge and int(os.environ.get("RANK", 0)) == 0:
+                lora.merge_into_folder(Path(tmp), functools.partial(load_model, dtype="auto", **load))
             history = trainer.state.log_history
             (Path(tmp) / "training_log.json").write_text(json.dumps(history, indent=1))
             if settings.stop_epochs and int(os.environ.get("RANK", 0)) == 0:
