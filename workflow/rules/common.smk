@@ -155,3 +155,34 @@ def like_selection(wildcards):
 
 
 STAGES = ["warmup", "aux"] + [f"final-{s}" for s in FINALS]
+
+
+# The auto selector's tournament (tournament.smk).
+
+
+def judged(wildcards):
+    """The candidates whose models the tournament judges: every one, or the screen rung's finalists."""
+    if not FINALISTS:
+        return CANDIDATES
+    return json.loads(Path(checkpoints.screen_rung.get().output[0]).read_text())[
+        "finalists"
+    ]
+
+
+def judged_files(pattern):
+    """An input function: `pattern` (with {name} for a candidate, {stage} for its model's) per judged candidate."""
+    return lambda wildcards: [
+        pattern.format(name=c, stage=TOURNAMENT_STAGE) for c in judged(wildcards)
+    ]
+
+
+def halving_inputs(wildcards):
+    """What the report reads of successive halving: the rung, every screen run and the jobs' benchmark files."""
+    if not FINALISTS:
+        return {"rung": [], "screens": [], "benchmarks": []}
+    return {
+        "rung": checkpoints.screen_rung.get().output[0],
+        "screens": expand(f"{OUT}/models/screen-{{c}}", c=CANDIDATES),
+        "benchmarks": expand(f"{OUT}/benchmarks/screen-{{c}}.tsv", c=CANDIDATES)
+        + expand(f"{OUT}/benchmarks/final-{{c}}.tsv", c=judged(wildcards)),
+    }

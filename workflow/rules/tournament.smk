@@ -8,22 +8,6 @@ localrules:
     tournament_report,
 
 
-def judged(wildcards):
-    """The candidates whose models the tournament judges: every one, or the screen rung's finalists."""
-    if not FINALISTS:
-        return CANDIDATES
-    return json.loads(Path(checkpoints.screen_rung.get().output[0]).read_text())[
-        "finalists"
-    ]
-
-
-def judged_files(pattern):
-    """An input function: `pattern` (with {name} for a candidate, {stage} for its model's) per judged candidate."""
-    return lambda wildcards: [
-        pattern.format(name=c, stage=TOURNAMENT_STAGE) for c in judged(wildcards)
-    ]
-
-
 if FINALISTS:
 
     localrules:
@@ -93,18 +77,6 @@ if TOURNAMENT_STAGE == "final":
             ],
         shell:
             "python -m prefselect adopt-winner --choice {input.choice} --models {params.models} --out {output} > {log} 2>&1"
-
-
-def halving_inputs(wildcards):
-    """What the report reads of successive halving: the rung, every screen run and the jobs' benchmark files."""
-    if not FINALISTS:
-        return {"rung": [], "screens": [], "benchmarks": []}
-    return {
-        "rung": checkpoints.screen_rung.get().output[0],
-        "screens": expand(f"{OUT}/models/screen-{{c}}", c=CANDIDATES),
-        "benchmarks": expand(f"{OUT}/benchmarks/screen-{{c}}.tsv", c=CANDIDATES)
-        + expand(f"{OUT}/benchmarks/final-{{c}}.tsv", c=judged(wildcards)),
-    }
 
 
 rule tournament_report:
