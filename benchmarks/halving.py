@@ -31,8 +31,7 @@ import pandas as pd
 from prefselect.config import auto_selector, validate
 from prefselect.settings import read_config
 from prefselect.stats import spearman
-from prefselect.tables import SCREEN_CHECKPOINT
-from prefselect.tournament import CRITERIA, decide, read_margins
+from prefselect.tournament import CRITERIA, decide, halving_cost, read_margins, read_screen_runs
 
 
 def read_json(path: Path) -> dict:
@@ -62,13 +61,12 @@ def replay(full: Path, rung: dict, auto: dict) -> str:
                   auto["confidence"], auto["guard"])["chosen"]
 
 
-def screen_steps(halving: Path, rung: dict) -> float:
-    """The halving's optimizer steps as a share of the full tournament's, from the screen runs' trainer states."""
-    states = {name: read_json(halving / "models" / f"screen-{name}" / SCREEN_CHECKPOINT / "trainer_state.json")
-              for name in rung["candidates"]}
-    steps = sum(s["global_step"] for s in states.values())
-    steps += sum(states[n]["max_steps"] - states[n]["global_step"] for n in rung["finalists"])
-    return steps / sum(s["max_steps"] for s in states.values())
+def steps_share(halving: Path, rung: dict) -> float:
+    """The halving's optimizer steps as a share of the full tournament's (no job seconds: a run stopped at its
+    rung has none for its finalists)."""
+    runs = read_screen_runs({name: str(halving / "models" / f"screen-{name}") for name in rung["candidates"]})
+    untimed = {name: {**run, "seconds": 0.0} for name, run in runs.items()}
+    return halving_cost(untimed, dict.fromkeys(rung["finalists"], 0.0))["share_of_full"]
 
 
 def compare(full: Path, halving: Path, auto: dict) -> dict:
@@ -93,7 +91,7 @@ def compare(full: Path, halving: Path, auto: dict) -> dict:
         == weights_digest(full / "models" / f"final-{chosen}") if finished else None,
         "replay_agrees": replayed == chosen if finished else None,
         "screen_spearman": spearman(oriented, [win[name] for name in names]),
-        "steps_share": screen_steps(halving, rung),
+        "steps_share": steps_share(halving, rung),
         "seconds_share": (cost["screen_seconds"] + cost["finalist_seconds"]) / full_seconds
         if cost and full_seconds else None,
     }

@@ -346,17 +346,15 @@ def tournament_report(a, s: Settings):
 def halving_cost_of(names: list[str], rung: dict, screens: list[str], benchmarks: list[str]) -> dict:
     """`tournament.halving_cost` from the screen runs' trainer states and the jobs' Snakemake benchmark files (the
     screen runs', then the finalists' in the rung's order)."""
-    from .tables import SCREEN_CHECKPOINT
-    from .tournament import halving_cost
+    from .tournament import halving_cost, read_screen_runs
 
     if len(benchmarks) != len(names) + len(rung["finalists"]) or len(screens) != len(names):
         raise ValueError(f"--screens and --benchmarks: one screen run and job per candidate of {names}, then one job "
                          f"per finalist of {rung['finalists']}")
     seconds = [float(pd.read_csv(path, sep="\t")["s"].iloc[0]) for path in benchmarks]
-    runs = {}
-    for name, folder, job_seconds in zip(names, screens, seconds):
-        state = json.loads((Path(folder) / SCREEN_CHECKPOINT / "trainer_state.json").read_text())
-        runs[name] = {"steps": state["global_step"], "max_steps": state["max_steps"], "seconds": job_seconds}
+    runs = read_screen_runs(dict(zip(names, screens)))
+    for name, job_seconds in zip(names, seconds):
+        runs[name]["seconds"] = job_seconds
     return halving_cost(runs, dict(zip(rung["finalists"], seconds[len(names):], strict=True)))
 
 

@@ -15,8 +15,10 @@ cut), `bottom` the lowest (an upper cut; the small-margin rule is `bottom` on `i
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
@@ -26,6 +28,7 @@ from .io import atomic_path
 from .kinds import EXTERNAL_SCORE
 from .scoring import implicit_reward_margin, pair_loss
 from .stats import interval, outcome, spearman
+from .tables import SCREEN_CHECKPOINT
 
 CRITERIA = {"dev_margin": ("margin", max), "dev_accuracy": ("accuracy", max), "dev_loss": ("loss", min)}
 LOGP_PAIRS = ("chosen_logp", "rejected_logp", "chosen_logp_ref", "rejected_logp_ref")
@@ -170,6 +173,16 @@ def run(names: list[str], logps: list[str], ref: list[str], selections: list[str
     margins, kept = read_candidates(names, logps, ref, selections)
     choice = decide(margins, kept, beta, loss_type, criterion, fallback, confidence, guard)
     return choice, dict(zip(names, selections))[choice["chosen"]]
+
+
+def read_screen_runs(folders: dict[str, str]) -> dict[str, dict]:
+    """Per candidate, its screen run's optimizer steps (`steps`) and its final run's (`max_steps`), from the Trainer
+    checkpoint the screen run keeps."""
+    runs = {}
+    for name, folder in folders.items():
+        state = json.loads((Path(folder) / SCREEN_CHECKPOINT / "trainer_state.json").read_text())
+        runs[name] = {"steps": state["global_step"], "max_steps": state["max_steps"]}
+    return runs
 
 
 def halving_cost(screens: dict[str, dict], continued: dict[str, float]) -> dict:
