@@ -24,8 +24,10 @@ import pandas as pd
 import torch
 from transformers import TrainerCallback
 
-WORDS = ("the quiet river ran past old stone walls while children laughed and a dog barked at the passing boats "
-         "under a bright sky full of birds that sang of summer rain and distant hills").split()
+WORDS = (
+    "the quiet river ran past old stone walls while children laughed and a dog barked at the passing boats "
+    "under a bright sky full of birds that sang of summer rain and distant hills"
+).split()
 
 
 class StepTimer(TrainerCallback):
@@ -50,10 +52,17 @@ def synthetic_pairs(n: int, words: int, seed: int = 0) -> pd.DataFrame:
         return " " + " ".join(rng.choice(WORDS, size=k))
 
     prompt_words = words // 4
-    return pd.DataFrame([
-        {"id": f"p{i}", "prompt": text(prompt_words).strip(), "chosen": text(words - prompt_words),
-         "rejected": text(words - prompt_words)} for i in range(n)
-    ])
+    return pd.DataFrame(
+        [
+            {
+                "id": f"p{i}",
+                "prompt": text(prompt_words).strip(),
+                "chosen": text(words - prompt_words),
+                "rejected": text(words - prompt_words),
+            }
+            for i in range(n)
+        ]
+    )
 
 
 def run_mode(model: str, lora: dict | None, pairs: pd.DataFrame, ref: pd.DataFrame, args) -> dict:
@@ -61,9 +70,18 @@ def run_mode(model: str, lora: dict | None, pairs: pd.DataFrame, ref: pd.DataFra
     from prefselect.training import DPOSettings, build_trainer, with_ref_logps
 
     defaults = config_settings.load(None, "train", "warmup")  # the schema's defaults, but for what follows
-    settings = DPOSettings.of(defaults, "warmup", batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, epochs=1,
-                            max_length=args.max_length, learning_rate=1e-6 if lora is None else 1e-5, lora=lora,
-                            save_steps=0, gradient_checkpointing=args.gradient_checkpointing)
+    settings = DPOSettings.of(
+        defaults,
+        "warmup",
+        batch_size=args.batch_size,
+        micro_batch_size=args.micro_batch_size,
+        epochs=1,
+        max_length=args.max_length,
+        learning_rate=1e-6 if lora is None else 1e-5,
+        lora=lora,
+        save_steps=0,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as work:
@@ -73,9 +91,14 @@ def run_mode(model: str, lora: dict | None, pairs: pd.DataFrame, ref: pd.DataFra
         trainer.train()
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     steady = timer.seconds[1:]
-    return {"mode": "lora" if lora else "full", "steps": len(timer.seconds), "trainable_parameters": trainable,
-            "seconds_per_step": float(np.median(steady)), "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9,
-            "dtype": str(trainer.model.dtype)}
+    return {
+        "mode": "lora" if lora else "full",
+        "steps": len(timer.seconds),
+        "trainable_parameters": trainable,
+        "seconds_per_step": float(np.median(steady)),
+        "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9,
+        "dtype": str(trainer.model.dtype),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/dpo_steps.json")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print("benchmarks/dpo_steps.py needs a CUDA GPU: it measures bf16 DPO steps on one (this machine has none)",
-              file=sys.stderr)
+        print(
+            "benchmarks/dpo_steps.py needs a CUDA GPU: it measures bf16 DPO steps on one (this machine has none)",
+            file=sys.stderr,
+        )
         return 2
     from prefselect.config import default
     from prefselect.logps import pair_logps
@@ -102,14 +127,22 @@ def main(argv: list[str] | None = None) -> int:
     ref = pair_logps(sft, pairs, load_tokenizer(args.model), args.max_length)
     del sft
     rows = [run_mode(args.model, spec, pairs, ref, args) for spec in (None, lora)]
-    report = {"gpu": torch.cuda.get_device_name(), "model": args.model, "pairs_per_step": args.batch_size,
-              "micro_batch_size": args.micro_batch_size, "max_length": args.max_length, "rows": rows}
+    report = {
+        "gpu": torch.cuda.get_device_name(),
+        "model": args.model,
+        "pairs_per_step": args.batch_size,
+        "micro_batch_size": args.micro_batch_size,
+        "max_length": args.max_length,
+        "rows": rows,
+    }
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(f"{report['gpu']}, {args.model}, {args.batch_size} pairs per step of ≤ {args.max_length} tokens\n")
     print("| mode | trainable parameters | s per step | peak GPU memory (GB) |\n|---|---|---|---|")
     for row in rows:
-        print(f"| {row['mode']} | {row['trainable_parameters']:,} | {row['seconds_per_step']:.3f} | "
-              f"{row['peak_gpu_memory_gb']:.2f} |")
+        print(
+            f"| {row['mode']} | {row['trainable_parameters']:,} | {row['seconds_per_step']:.3f} | "
+            f"{row['peak_gpu_memory_gb']:.2f} |"
+        )
     return 0
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from prefselect.config import auto_selector, validate
 from prefselect.settings import read_config
 from prefselect.stats import spearman
@@ -57,8 +58,16 @@ def replay(full: Path, rung: dict, auto: dict) -> str:
     ref = sorted(str(path) for path in (full / "logps" / "ref" / "dev").glob("*.parquet"))
     margins = read_margins(names, [str(full / "eval" / "dev" / "logps" / f"final-{n}.parquet") for n in names], ref)
     kept = {name: rung["candidates"][name]["kept_fraction"] for name in names}
-    return decide(margins, kept, choice["beta"], choice["loss_type"], auto["criterion"], auto["fallback"],
-                  auto["confidence"], auto["guard"])["chosen"]
+    return decide(
+        margins,
+        kept,
+        choice["beta"],
+        choice["loss_type"],
+        auto["criterion"],
+        auto["fallback"],
+        auto["confidence"],
+        auto["guard"],
+    )["chosen"]
 
 
 def steps_share(halving: Path, rung: dict) -> float:
@@ -84,16 +93,21 @@ def compare(full: Path, halving: Path, auto: dict) -> dict:
     full_seconds = job_seconds(full, names)
     cost = report["cost"] if finished else None
     return {
-        "full_choice": judged["chosen"], "full_regret": best - win[judged["chosen"]],
-        "halving_choice": chosen, "halving_regret": best - win[chosen],
+        "full_choice": judged["chosen"],
+        "full_regret": best - win[judged["chosen"]],
+        "halving_choice": chosen,
+        "halving_regret": best - win[chosen],
         "finalists": rung["finalists"],
         "same_model": weights_digest(halving / "models" / f"final-{chosen}")
-        == weights_digest(full / "models" / f"final-{chosen}") if finished else None,
+        == weights_digest(full / "models" / f"final-{chosen}")
+        if finished
+        else None,
         "replay_agrees": replayed == chosen if finished else None,
         "screen_spearman": spearman(oriented, [win[name] for name in names]),
         "steps_share": steps_share(halving, rung),
         "seconds_share": (cost["screen_seconds"] + cost["finalist_seconds"]) / full_seconds
-        if cost and full_seconds else None,
+        if cost and full_seconds
+        else None,
     }
 
 
@@ -102,21 +116,29 @@ def _fmt(value, spec: str) -> str:
 
 
 def markdown(rows: dict[str, dict]) -> str:
-    lines = ["| run | full tournament's choice | its regret | halving's choice | its regret | finalists | "
-             "screen rung vs judge (Spearman) | steps | job seconds | same model | replay agrees |", "|" + "---|" * 11]
+    lines = [
+        "| run | full tournament's choice | its regret | halving's choice | its regret | finalists | "
+        "screen rung vs judge (Spearman) | steps | job seconds | same model | replay agrees |",
+        "|" + "---|" * 11,
+    ]
     for run, r in rows.items():
-        lines.append(f"| {run} | {r['full_choice']} | {r['full_regret']:.3f} | {r['halving_choice']} | "
-                     f"{r['halving_regret']:.3f} | {', '.join(r['finalists'])} | {_fmt(r['screen_spearman'], '.2f')} | "
-                     f"{r['steps_share']:.0%} | {_fmt(r['seconds_share'], '.0%')} | {_fmt(r['same_model'], '')} | "
-                     f"{_fmt(r['replay_agrees'], '')} |")
+        lines.append(
+            f"| {run} | {r['full_choice']} | {r['full_regret']:.3f} | {r['halving_choice']} | "
+            f"{r['halving_regret']:.3f} | {', '.join(r['finalists'])} | {_fmt(r['screen_spearman'], '.2f')} | "
+            f"{r['steps_share']:.0%} | {_fmt(r['seconds_share'], '.0%')} | {_fmt(r['same_model'], '')} | "
+            f"{_fmt(r['replay_agrees'], '')} |"
+        )
 
     def mean(key: str) -> str:
         values = [r[key] for r in rows.values() if r[key] is not None]
         return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.3f}" if values else "–"
 
-    lines += ["", f"Mean regret: full tournament {mean('full_regret')}, halving {mean('halving_regret')}; screen rung "
-                  f"vs judge Spearman {mean('screen_spearman')}; cost {mean('steps_share')} of the full tournament's "
-                  f"optimizer steps, {mean('seconds_share')} of its job seconds."]
+    lines += [
+        "",
+        f"Mean regret: full tournament {mean('full_regret')}, halving {mean('halving_regret')}; screen rung "
+        f"vs judge Spearman {mean('screen_spearman')}; cost {mean('steps_share')} of the full tournament's "
+        f"optimizer steps, {mean('seconds_share')} of its job seconds.",
+    ]
     return "\n".join(lines) + "\n"
 
 

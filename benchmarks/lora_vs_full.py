@@ -17,13 +17,20 @@ from pathlib import Path
 import numpy as np
 
 ROWS = ("full", "random", "lossdiff_irm", "aux_irm_top64", "auto")
-MODEL_FILES = ("model.safetensors", "config.json", "generation_config.json", "adapter_model.safetensors",
-               "adapter_config.json")
+MODEL_FILES = (
+    "model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "adapter_model.safetensors",
+    "adapter_config.json",
+)
 STAGES = ("warmup", "aux", "final-full", "final-lossdiff_irm")
 
 
 def win_rates(run: Path) -> dict[str, float]:
-    return {name: row["win_rate"] for name, row in json.loads((run / "eval/results.json").read_text())["selectors"].items()}
+    return {
+        name: row["win_rate"] for name, row in json.loads((run / "eval/results.json").read_text())["selectors"].items()
+    }
 
 
 def model_bytes(folder: Path) -> int:
@@ -45,15 +52,22 @@ def report(full: list[Path], lora: list[Path]) -> str:
     rates = {"full": [win_rates(r) for r in full], "lora": [win_rates(r) for r in lora]}
     lines = ["| selector | full fine-tuning | LoRA | LoRA − full (paired) |", "|---|---|---|---|"]
     for name in ROWS:
-        f, l = ([run[name] for run in rates[mode]] for mode in ("full", "lora"))
-        lines.append(f"| {name} | {mean_std(f)} | {mean_std(l)} | {mean_std(np.subtract(l, f))} |")
+        full_fine_tuning, lora_rates = ([run[name] for run in rates[mode]] for mode in ("full", "lora"))
+        paired = np.subtract(lora_rates, full_fine_tuning)
+        lines.append(f"| {name} | {mean_std(full_fine_tuning)} | {mean_std(lora_rates)} | {mean_std(paired)} |")
     lines += ["", "| run | auto's choice, full (win rate) | auto's choice, LoRA (win rate) |", "|---|---|---|"]
     for f_run, l_run, f_rates, l_rates in zip(full, lora, rates["full"], rates["lora"]):
         chosen = [json.loads((run / "eval/dev/choice.json").read_text())["chosen"] for run in (f_run, l_run)]
-        lines.append(f"| {l_run.name} | {chosen[0]} ({f_rates[chosen[0]]:.3f}) | {chosen[1]} ({l_rates[chosen[1]]:.3f}) |")
-    lines += ["", "| | full fine-tuning | LoRA |", "|---|---|---|",
-              f"| one trained model on disk (`final-full`, bytes) | {model_bytes(full[0] / 'models/final-full'):,} | "
-              f"{model_bytes(lora[0] / 'models/final-full'):,} |"]
+        lines.append(
+            f"| {l_run.name} | {chosen[0]} ({f_rates[chosen[0]]:.3f}) | {chosen[1]} ({l_rates[chosen[1]]:.3f}) |"
+        )
+    lines += [
+        "",
+        "| | full fine-tuning | LoRA |",
+        "|---|---|---|",
+        f"| one trained model on disk (`final-full`, bytes) | {model_bytes(full[0] / 'models/final-full'):,} | "
+        f"{model_bytes(lora[0] / 'models/final-full'):,} |",
+    ]
     for stage in STAGES:
         per_mode = [np.median([seconds_per_step(run / "models" / stage) for run in runs]) for runs in (full, lora)]
         lines.append(f"| s per optimizer step, {stage} (median of runs) | {per_mode[0]:.3f} | {per_mode[1]:.3f} |")

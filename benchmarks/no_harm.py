@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from prefselect.stats import spearman
 from prefselect.tournament import CRITERIA, decide, dev_criteria, read_margins
 
@@ -35,8 +36,7 @@ def load_run(run: Path) -> dict:
     margins = read_margins(names, [str(run / "eval" / "dev" / "logps" / f"final-{n}.parquet") for n in names], ref)
     kept = {name: choice["candidates"][name]["kept_fraction"] for name in names}
     judge = {name: results[name]["win_rate"] for name in names}
-    return {"margins": margins, "kept": kept, "judge": judge, "beta": choice["beta"],
-            "loss_type": choice["loss_type"]}
+    return {"margins": margins, "kept": kept, "judge": judge, "beta": choice["beta"], "loss_type": choice["loss_type"]}
 
 
 def subset(margins: dict[str, pd.Series], n: int | None, seed: int) -> dict[str, pd.Series]:
@@ -47,28 +47,43 @@ def subset(margins: dict[str, pd.Series], n: int | None, seed: int) -> dict[str,
     return {name: h.loc[keep] for name, h in margins.items()}
 
 
-def replay(runs: dict[str, dict], criterion: str, confidence: float, guard: dict | None, n_dev: int | None,
-           fallback: str) -> dict:
+def replay(
+    runs: dict[str, dict], criterion: str, confidence: float, guard: dict | None, n_dev: int | None, fallback: str
+) -> dict:
     rows = {}
     for name, run in runs.items():
         margins = subset(run["margins"], n_dev, seed=0)
         choice = decide(margins, run["kept"], run["beta"], run["loss_type"], criterion, fallback, confidence, guard)
         chosen = choice["chosen"]
-        rows[name] = {"chosen": chosen, "best": choice["best"], "z": choice["gate"]["z"] if choice["gate"] else None,
-                      "delta": run["judge"][chosen] - run["judge"][fallback]}
+        rows[name] = {
+            "chosen": chosen,
+            "best": choice["best"],
+            "z": choice["gate"]["z"] if choice["gate"] else None,
+            "delta": run["judge"][chosen] - run["judge"][fallback],
+        }
     deltas = [r["delta"] for r in rows.values()]
-    return {"criterion": criterion, "confidence": confidence, "guard": guard, "dev_pairs": n_dev, "runs": rows,
-            "mean_delta": float(np.mean(deltas)), "worst_delta": float(np.min(deltas))}
+    return {
+        "criterion": criterion,
+        "confidence": confidence,
+        "guard": guard,
+        "dev_pairs": n_dev,
+        "runs": rows,
+        "mean_delta": float(np.mean(deltas)),
+        "worst_delta": float(np.min(deltas)),
+    }
 
 
 def spearman_rows(runs: dict[str, dict]) -> list[str]:
     """Per run and criterion, the rank correlation of the criterion with the judge over the candidates."""
-    lines = ["| run | " + " | ".join(CRITERIA) + " | best by the judge | its lead over full |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| run | " + " | ".join(CRITERIA) + " | best by the judge | its lead over full |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, run in runs.items():
         criteria = dev_criteria(run["margins"], run["beta"], run["loss_type"])
         judge = pd.Series(run["judge"])
         cells = []
-        for criterion, (key, better) in CRITERIA.items():
+        for key, better in CRITERIA.values():
             oriented = [(1 if better is max else -1) * criteria[c][key] for c in judge.index]
             cells.append(f"{spearman(oriented, judge.tolist()):.2f}")
         best = judge.idxmax()
@@ -78,18 +93,28 @@ def spearman_rows(runs: dict[str, dict]) -> list[str]:
 
 def markdown(results: list[dict], runs: dict[str, dict], fallback: str) -> str:
     names = list(runs)
-    lines = ["Spearman of each dev criterion with the judge over the candidates:", "", *spearman_rows(runs), "",
-             f"Each option's choice per run, the judge's score of that choice minus `{fallback}`'s, and the z of the "
-             "best candidate's lead over it on the dev pairs:", "",
-             "| criterion | confidence | guard | dev pairs | " + " | ".join(names) + " | mean Δ | worst Δ |",
-             "|---|---|---|---|" + "---|" * len(names) + "---|---|"]
+    lines = [
+        "Spearman of each dev criterion with the judge over the candidates:",
+        "",
+        *spearman_rows(runs),
+        "",
+        f"Each option's choice per run, the judge's score of that choice minus `{fallback}`'s, and the z of the "
+        "best candidate's lead over it on the dev pairs:",
+        "",
+        "| criterion | confidence | guard | dev pairs | " + " | ".join(names) + " | mean Δ | worst Δ |",
+        "|---|---|---|---|" + "---|" * len(names) + "---|---|",
+    ]
     for r in results:
-        cells = [f"{run['chosen']} ({run['delta']:+.3f}" + ("" if run["z"] is None else f", z {run['z']:.2f}") + ")"
-                 for run in (r["runs"][n] for n in names)]
+        cells = [
+            f"{run['chosen']} ({run['delta']:+.3f}" + ("" if run["z"] is None else f", z {run['z']:.2f}") + ")"
+            for run in (r["runs"][n] for n in names)
+        ]
         guard = f"{r['guard']['criterion']} at {r['guard']['confidence']:g}" if r["guard"] else "–"
-        lines.append(f"| {r['criterion']} | {r['confidence']:g} | {guard} | {r['dev_pairs'] or 'all'} | "
-                     f"{' | '.join(cells)} | "
-                     f"{r['mean_delta']:+.3f} | {r['worst_delta']:+.3f} |")
+        lines.append(
+            f"| {r['criterion']} | {r['confidence']:g} | {guard} | {r['dev_pairs'] or 'all'} | "
+            f"{' | '.join(cells)} | "
+            f"{r['mean_delta']:+.3f} | {r['worst_delta']:+.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -99,17 +124,27 @@ def main() -> None:
     parser.add_argument("--fallback", default="full")
     parser.add_argument("--confidences", nargs="+", type=float, default=CONFIDENCES)
     parser.add_argument("--criteria", nargs="+", choices=list(CRITERIA), default=list(CRITERIA))
-    parser.add_argument("--guards", nargs="*", choices=list(CRITERIA), default=["dev_accuracy"],
-                        help="guard criteria to try, beside no guard")
+    parser.add_argument(
+        "--guards",
+        nargs="*",
+        choices=list(CRITERIA),
+        default=["dev_accuracy"],
+        help="guard criteria to try, beside no guard",
+    )
     parser.add_argument("--guard-confidences", nargs="*", type=float, default=[0.8])
     parser.add_argument("--dev-pairs", nargs="*", type=int, default=[], help="also on subsets of this many dev pairs")
     parser.add_argument("--out", help="markdown file; json beside it")
     args = parser.parse_args()
     runs = {Path(run).name: load_run(Path(run)) for run in args.runs}
     guards = [None, *({"criterion": g, "confidence": c} for g in args.guards for c in args.guard_confidences)]
-    results = [replay(runs, criterion, confidence, guard, n_dev, args.fallback)
-               for n_dev in [None, *args.dev_pairs] for criterion in args.criteria for confidence in args.confidences
-               for guard in guards if not (guard and guard["criterion"] == criterion)]
+    results = [
+        replay(runs, criterion, confidence, guard, n_dev, args.fallback)
+        for n_dev in [None, *args.dev_pairs]
+        for criterion in args.criteria
+        for confidence in args.confidences
+        for guard in guards
+        if not (guard and guard["criterion"] == criterion)
+    ]
     text = markdown(results, runs, args.fallback)
     print(text)
     if args.out:

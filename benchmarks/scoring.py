@@ -43,15 +43,21 @@ from accelerate.utils import AutocastKwargs
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from prefselect import settings as step_settings
 from prefselect.influence import InfluenceSettings, influence, validation_gradient
 from prefselect.logps import (
-    collated_batches, cut, examples_logps, pair_logps, padded_length, token_budget, token_budget_batches,
+    collated_batches,
+    cut,
+    examples_logps,
+    padded_length,
+    pair_logps,
+    token_budget,
+    token_budget_batches,
     token_examples,
 )
 from prefselect.models import load_model, load_tokenizer
 from prefselect.scoring import merge_shards
 from prefselect.selection import select
-from prefselect import settings as step_settings
 from prefselect.training import DPOSettings, build_trainer, with_ref_logps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +71,7 @@ BF16_PEAK = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12
 @dataclass
 class Setup:
     """What one run measures: the models, the pairs, the sizes."""
+
     device: str
     dtype: torch.dtype  # of the matmul rate measured; scoring runs in TRL's training precision on the device
     models: dict[str, dict]  # name -> GPT-2 shape
@@ -86,24 +93,51 @@ def setup(quick: bool, device: str) -> Setup:
     if device == "cuda":
         # Real-sized shapes: a GPT-2 small and medium with a 32k vocabulary, pairs of ~600 tokens.
         return Setup(
-            device="cuda", dtype=torch.bfloat16, vocab=32768, max_length=512, prompt_words=100, completion_words=80,
+            device="cuda",
+            dtype=torch.bfloat16,
+            vocab=32768,
+            max_length=512,
+            prompt_words=100,
+            completion_words=80,
             models={"124M": dict(n_layer=12, n_embd=768, n_head=12), "355M": dict(n_layer=24, n_embd=1024, n_head=16)},
-            speed={"124M": ("124M", 2048, 100, 80), "355M": ("355M", 1024, 100, 80)}, check_pairs=32, repeats=3,
-            batch_size=32, influence_pairs=(32, 16), influence_batch=4,
+            speed={"124M": ("124M", 2048, 100, 80), "355M": ("355M", 1024, 100, 80)},
+            check_pairs=32,
+            repeats=3,
+            batch_size=32,
+            influence_pairs=(32, 16),
+            influence_batch=4,
         )
     shapes = {"demo (0.9M)": dict(n_layer=3, n_embd=128, n_head=4), "20M": dict(n_layer=6, n_embd=512, n_head=8)}
-    common = dict(device="cpu", dtype=torch.float32, models=shapes, vocab=2048, max_length=64, prompt_words=3,
-                  completion_words=12)
+    common = dict(
+        device="cpu", dtype=torch.float32, models=shapes, vocab=2048, max_length=64, prompt_words=3, completion_words=12
+    )
     # The demo's shape of pair (3-word prompt, ~25-token completions) on both models; and dialogue-like pairs
     # whose prompt is longer than the completions, where computing the prompt once saves the most.
     n = (64, 16) if quick else (1024, 256)
-    speed = {"demo (0.9M)": ("demo (0.9M)", n[0], 3, 12), "20M": ("20M", n[1], 3, 12),
-             "20M, long prompts": ("20M", n[1], 16, 6)}
+    speed = {
+        "demo (0.9M)": ("demo (0.9M)", n[0], 3, 12),
+        "20M": ("20M", n[1], 3, 12),
+        "20M, long prompts": ("20M", n[1], 16, 6),
+    }
     if quick:
-        return Setup(**common, speed=speed, check_pairs=8, repeats=1, influence_pairs=(16, 8),
-                     memory_sizes=[200, 600, 2000], merge_rows=100_000)
-    return Setup(**common, speed=speed, check_pairs=64, repeats=3, influence_pairs=(128, 64),
-                 memory_sizes=[10_000, 30_000, 100_000], merge_rows=1_000_000)
+        return Setup(
+            **common,
+            speed=speed,
+            check_pairs=8,
+            repeats=1,
+            influence_pairs=(16, 8),
+            memory_sizes=[200, 600, 2000],
+            merge_rows=100_000,
+        )
+    return Setup(
+        **common,
+        speed=speed,
+        check_pairs=64,
+        repeats=3,
+        influence_pairs=(128, 64),
+        memory_sizes=[10_000, 30_000, 100_000],
+        merge_rows=1_000_000,
+    )
 
 
 # Inputs ---------------------------------------------------------------------------------------------------------
@@ -117,8 +151,11 @@ def build_tokenizer(folder: Path, rng) -> PreTrainedTokenizerFast:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=2048, special_tokens=["<|endoftext|>", "<|pad|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=2048,
+        special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     bpe.train_from_iterator([synthetic_text(rng, 20) for _ in range(3000)], trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|pad|>"
@@ -129,22 +166,27 @@ def build_tokenizer(folder: Path, rng) -> PreTrainedTokenizerFast:
 
 def build_model(folder: Path, tokenizer, shape: dict, vocab: int, n_positions: int, seed: int = 0) -> Path:
     """A GPT-2 of `shape` with random weights, saved with its tokenizer like any hub model."""
-    ids = {f"{k}_token_id": tokenizer.convert_tokens_to_ids(getattr(tokenizer, f"{k}_token"))
-           for k in ("bos", "eos", "pad")}
+    ids = {
+        f"{k}_token_id": tokenizer.convert_tokens_to_ids(getattr(tokenizer, f"{k}_token"))
+        for k in ("bos", "eos", "pad")
+    }
     torch.manual_seed(seed)
-    GPT2LMHeadModel(GPT2Config(vocab_size=max(vocab, len(tokenizer)), n_positions=n_positions, **ids, **shape)) \
-        .save_pretrained(folder)
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=max(vocab, len(tokenizer)), n_positions=n_positions, **ids, **shape)
+    ).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
 
 def synthetic_pairs(rng, n: int, prompt_words: int = 3, completion_words: int = 12) -> pd.DataFrame:
-    return pd.DataFrame({
-        "id": [f"p{i}" for i in range(n)],
-        "prompt": [synthetic_text(rng, prompt_words) for _ in range(n)],
-        "chosen": [" " + synthetic_text(rng, completion_words) for _ in range(n)],
-        "rejected": [" " + synthetic_text(rng, completion_words) for _ in range(n)],
-    })
+    return pd.DataFrame(
+        {
+            "id": [f"p{i}" for i in range(n)],
+            "prompt": [synthetic_text(rng, prompt_words) for _ in range(n)],
+            "chosen": [" " + synthetic_text(rng, completion_words) for _ in range(n)],
+            "rejected": [" " + synthetic_text(rng, completion_words) for _ in range(n)],
+        }
+    )
 
 
 # Measuring ------------------------------------------------------------------------------------------------------
@@ -200,8 +242,9 @@ def tokens_computed(examples: list[dict], pad_token_id: int, s: Setup, trl_batch
 def scoring_vs_trl(folder: Path, pairs: pd.DataFrame, s: Setup, peak: dict) -> dict:
     """Same model, same tokenized pairs: prefselect's scoring against TRL's per-example log-probs."""
     zeros = pairs[["id"]].assign(chosen_logp=0.0, rejected_logp=0.0)
-    settings = DPOSettings.of(step_settings.load(None, "train", "warmup"), "warmup", batch_size=s.batch_size,
-                              max_length=s.max_length)
+    settings = DPOSettings.of(
+        step_settings.load(None, "train", "warmup"), "warmup", batch_size=s.batch_size, max_length=s.max_length
+    )
     trainer = build_trainer(str(folder), with_ref_logps(pairs, zeros), settings, str(folder / "trainer"))
     model, tokenizer = trainer.model.eval().to(s.device), trainer.processing_class
     pad = tokenizer.pad_token_id
@@ -217,11 +260,15 @@ def scoring_vs_trl(folder: Path, pairs: pd.DataFrame, s: Setup, peak: dict) -> d
     params = sum(p.numel() for p in model.parameters())
     flops = 2 * params * tokens["text"] * len(pairs) / times["prefselect"]
     row = {
-        "pairs": len(pairs), "params": params, "tokens_per_pair": tokens,
+        "pairs": len(pairs),
+        "params": params,
+        "tokens_per_pair": tokens,
         **{f"{name}_pairs_per_s": len(pairs) / t for name, t in times.items()},
         "speedup": times["trl"] / times["prefselect"],
         "tokens_per_s": tokens["text"] * len(pairs) / times["prefselect"],
-        "forward_flops": flops, "share_of_matmul": flops / peak["matmul"], **check,
+        "forward_flops": flops,
+        "share_of_matmul": flops / peak["matmul"],
+        **check,
     }
     if peak.get("bf16"):
         row["share_of_bf16_peak"] = flops / peak["bf16"]
@@ -239,8 +286,9 @@ def equality_check(trainer, model, pairs: pd.DataFrame, tokenizer, s: Setup) -> 
     diffs, equal = {}, True
     for name, max_length in (("full", s.max_length), ("truncated", prompt + 4)):
         examples = token_examples(pairs, tokenizer, max_length)
-        ours = examples_logps(model, examples, tokenizer.pad_token_id, max_length, s.batch_size, packed=True,
-                              autocast=False)
+        ours = examples_logps(
+            model, examples, tokenizer.pad_token_id, max_length, s.batch_size, packed=True, autocast=False
+        )
         theirs = trl_logps(trainer, model, examples, tokenizer.pad_token_id, max_length, s.batch_size)
         diffs[name] = float(np.abs(ours - theirs).max())
         equal &= bool(np.allclose(ours, theirs, rtol=RTOL, atol=ATOL))
@@ -259,12 +307,15 @@ def influence_vs_scoring(work: Path, tokenizer, name: str, rng, s: Setup) -> dic
     n_train, n_val = s.influence_pairs
     pairs = synthetic_pairs(rng, n_train + n_val, s.prompt_words, s.completion_words)
     train, val = pairs.iloc[:n_train], pairs.iloc[n_train:]
-    folders = {role: build_model(work / f"influence-{role}", tokenizer, s.models[name], s.vocab, 2 * s.max_length, seed)
-               for seed, role in enumerate(("sft", "warmup", "aux"))}
+    folders = {
+        role: build_model(work / f"influence-{role}", tokenizer, s.models[name], s.vocab, 2 * s.max_length, seed)
+        for seed, role in enumerate(("sft", "warmup", "aux"))
+    }
     loaded = {role: load_model(str(path)).to(s.device) for role, path in folders.items()}
     ref = pair_logps(loaded["sft"], pairs, tokenizer, s.max_length, s.batch_size)  # computed once, shared by both
-    settings = InfluenceSettings.of(step_settings.load(None, "influence"), max_length=s.max_length,
-                                    batch_size=s.influence_batch)
+    settings = InfluenceSettings.of(
+        step_settings.load(None, "influence"), max_length=s.max_length, batch_size=s.influence_batch
+    )
     val_grad = {}
 
     def score():
@@ -287,9 +338,17 @@ def influence_vs_scoring(work: Path, tokenizer, name: str, rng, s: Setup) -> dic
     examples = token_examples(train, tokenizer, s.max_length)
     tokens = tokens_computed(examples, tokenizer.pad_token_id, s, trl_batch=s.influence_batch)
     flop_ratio = 3 * tokens["trl"] / (2 * tokens["prefselect"])
-    return {"model": name, "pairs": n_train, "val_pairs": n_val, "tokens_per_pair": tokens, "score_s": times["score"],
-            "influence_s": times["influence"], "val_grad_s": val_s, "ratio": times["influence"] / times["score"],
-            "flop_ratio": flop_ratio}
+    return {
+        "model": name,
+        "pairs": n_train,
+        "val_pairs": n_val,
+        "tokens_per_pair": tokens,
+        "score_s": times["score"],
+        "influence_s": times["influence"],
+        "val_grad_s": val_s,
+        "ratio": times["influence"] / times["score"],
+        "flop_ratio": flop_ratio,
+    }
 
 
 def peak_memory(folder: Path, n_pairs: int, rng, work: Path, s: Setup) -> dict:
@@ -298,19 +357,41 @@ def peak_memory(folder: Path, n_pairs: int, rng, work: Path, s: Setup) -> dict:
     once would add memory in proportion to the pairs; a streaming one adds the same at any size."""
     data = work / f"pairs-{n_pairs}.parquet"
     synthetic_pairs(rng, n_pairs, s.prompt_words, s.completion_words).to_parquet(data)
-    step = ["--threads", str(torch.get_num_threads()), "logps", "--model", str(folder), "--data", str(data),
-            "--config", json.dumps({"data": {"max_length": s.max_length}}), "--out", str(work / f"logps-{n_pairs}.parquet")]
-    report_peak = ("import resource, sys; from prefselect.cli import main; "
-                   "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; main(sys.argv[1:]); "
-                   "print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    step = [
+        "--threads",
+        str(torch.get_num_threads()),
+        "logps",
+        "--model",
+        str(folder),
+        "--data",
+        str(data),
+        "--config",
+        json.dumps({"data": {"max_length": s.max_length}}),
+        "--out",
+        str(work / f"logps-{n_pairs}.parquet"),
+    ]
+    report_peak = (
+        "import resource, sys; from prefselect.cli import main; "
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; main(sys.argv[1:]); "
+        "print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
     path = os.pathsep.join(filter(None, [str(REPO / "workflow"), os.environ.get("PYTHONPATH")]))
     start = time.perf_counter()
-    run = subprocess.run([sys.executable, "-c", report_peak, *step], check=True, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": path})
+    run = subprocess.run(
+        [sys.executable, "-c", report_peak, *step],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": path},
+    )
     before, peak = (int(kb) / 1024 for kb in run.stdout.split()[-2:])
-    return {"peak_rss_mb": peak, "imports_rss_mb": before, "added_rss_mb": peak - before,
-            "text_mb": float(pd.read_parquet(data).memory_usage(deep=True).sum()) / 2**20,
-            "seconds": time.perf_counter() - start}
+    return {
+        "peak_rss_mb": peak,
+        "imports_rss_mb": before,
+        "added_rss_mb": peak - before,
+        "text_mb": float(pd.read_parquet(data).memory_usage(deep=True).sum()) / 2**20,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def memory_rows(work: Path, tokenizer, rng, s: Setup) -> dict:
@@ -320,8 +401,10 @@ def memory_rows(work: Path, tokenizer, rng, s: Setup) -> dict:
 
 def merge_and_select(n_rows: int, rng) -> float:
     ids = pd.Series([f"p{i}" for i in range(n_rows)])
-    shards = [pd.DataFrame({"id": part, "lossdiff": rng.normal(size=len(part)), "irm": rng.normal(size=len(part))})
-              for part in np.array_split(ids.to_numpy(), 8)]
+    shards = [
+        pd.DataFrame({"id": part, "lossdiff": rng.normal(size=len(part)), "irm": rng.normal(size=len(part))})
+        for part in np.array_split(ids.to_numpy(), 8)
+    ]
     start = time.perf_counter()
     scores = merge_shards(shards, ids)
     select("lossdiff_irm", {"kind": "bands", "bands": {"lossdiff": [10, 90], "irm": [10, 90]}}, scores, scores[["id"]])
@@ -334,9 +417,23 @@ def merge_and_select(n_rows: int, rng) -> float:
 def snakemake(workdir: Path, outdir: str, *args: str) -> dict:
     """Run snakemake on the demo config; wall and CPU seconds (children's) and its output. --nolock: other runs may
     hold the checkout's lock, and these runs write nothing (a dry run, or a rerun with nothing to do)."""
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(REPO / "config" / "config.yaml"), "--config", f"outdir={outdir}", "--cores", "2",
-               "--nolock", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(REPO / "config" / "config.yaml"),
+        "--config",
+        f"outdir={outdir}",
+        "--cores",
+        "2",
+        "--nolock",
+        *args,
+    ]
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     run = subprocess.run(command, capture_output=True, text=True)
@@ -344,8 +441,11 @@ def snakemake(workdir: Path, outdir: str, *args: str) -> dict:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if run.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{run.stdout[-2000:]}{run.stderr[-3000:]}")
-    return {"seconds": wall, "cpu_seconds": after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime,
-            "stdout": run.stdout}
+    return {
+        "seconds": wall,
+        "cpu_seconds": after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime,
+        "stdout": run.stdout,
+    }
 
 
 def job_counts(dry_run: str) -> dict[str, int]:
@@ -376,10 +476,16 @@ def workflow_overhead(demo_results: str | None) -> dict:
     import yaml
 
     shards = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["scoring"]["shards"]
-    row = {"cli_help_s": cli_help_seconds(),
-           "dry_run": {**dry, "jobs": jobs.pop("total"), "ref_logps_jobs": jobs.get("ref_logps", 0),
-                       # train, validation and dev pairs, one job per shard: the only jobs that compute them
-                       "ref_logps_expected": 3 * shards}}
+    row = {
+        "cli_help_s": cli_help_seconds(),
+        "dry_run": {
+            **dry,
+            "jobs": jobs.pop("total"),
+            "ref_logps_jobs": jobs.get("ref_logps", 0),
+            # train, validation and dev pairs, one job per shard: the only jobs that compute them
+            "ref_logps_expected": 3 * shards,
+        },
+    }
     if demo_results is None:
         row["noop_rerun"] = {"skipped": "no completed demo run given (--demo-results DIR)"}
         return row
@@ -391,8 +497,9 @@ def workflow_overhead(demo_results: str | None) -> dict:
         return row
     if "Nothing to be done" not in check["stdout"]:
         pending = job_counts(check["stdout"]).get("total", "some")
-        row["noop_rerun"] = {"skipped": f"{pending} jobs would run in {demo_results}: not a completed run of this "
-                                        "code and config"}
+        row["noop_rerun"] = {
+            "skipped": f"{pending} jobs would run in {demo_results}: not a completed run of this code and config"
+        }
         return row
     rerun = snakemake(REPO, demo_results)
     rerun.pop("stdout")
@@ -405,10 +512,17 @@ def workflow_overhead(demo_results: str | None) -> dict:
 
 def machine(device: str) -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
-               platform.processor())
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "device": device, "load_average_start": os.getloadavg()[0]}
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), platform.processor()
+    )
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": device,
+        "load_average_start": os.getloadavg()[0],
+    }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -421,8 +535,12 @@ def bf16_peak(gpu: str) -> float | None:
 def run(args) -> dict:
     s = setup(args.quick, args.device)
     rng = np.random.default_rng(0)
-    result = {"quick": args.quick, "machine": machine(args.device), "max_length": s.max_length,
-              "batch_size": s.batch_size}
+    result = {
+        "quick": args.quick,
+        "machine": machine(args.device),
+        "max_length": s.max_length,
+        "batch_size": s.batch_size,
+    }
     peak = {"matmul": matmul_flops(s.device, s.dtype)}
     if s.device == "cuda":
         peak["bf16"] = bf16_peak(result["machine"]["gpu"])
@@ -434,8 +552,10 @@ def run(args) -> dict:
             result["peak_memory"] = memory_rows(work, tokenizer, rng, s)
             result["machine"]["load_average_end"] = os.getloadavg()[0]
             return result
-        folders = {name: build_model(work / name, tokenizer, shape, s.vocab, 2 * s.max_length)
-                   for name, shape in s.models.items()}
+        folders = {
+            name: build_model(work / name, tokenizer, shape, s.vocab, 2 * s.max_length)
+            for name, shape in s.models.items()
+        }
         result["scoring"] = {}
         for row, (name, n_pairs, prompt_words, completion_words) in s.speed.items():
             pairs = synthetic_pairs(rng, n_pairs, prompt_words, completion_words)
@@ -462,8 +582,10 @@ def main() -> None:
     parser.add_argument("--json", help="where to write the results (default: benchmarks/scoring[-quick][-cuda].json)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device cuda needs a CUDA GPU: torch {torch.__version__} sees none "
-                     f"(built with CUDA {torch.version.cuda})")
+        parser.error(
+            f"--device cuda needs a CUDA GPU: torch {torch.__version__} sees none "
+            f"(built with CUDA {torch.version.cuda})"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run(args)
@@ -475,18 +597,21 @@ def main() -> None:
 def table(r: dict) -> str:
     m = r["machine"]
     gpu = f"; GPU {m['gpu']}" if "gpu" in m else ""
-    lines = [f"machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads{gpu}; torch {m['torch']}; "
-             f"load average {m['load_average_start']:.1f} at start, {m['load_average_end']:.1f} at end; "
-             f"max_length {r['max_length']}, batch_size {r['batch_size']}",
-             f"matmul: {r['peak_flops']['matmul'] / 1e9:.1f} GFLOP/s measured"
-             + (f"; bf16 dense peak {r['peak_flops']['bf16'] / 1e12:.0f} TFLOP/s"
-                if r["peak_flops"].get("bf16") else "")]
+    lines = [
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads{gpu}; torch {m['torch']}; "
+        f"load average {m['load_average_start']:.1f} at start, {m['load_average_end']:.1f} at end; "
+        f"max_length {r['max_length']}, batch_size {r['batch_size']}",
+        f"matmul: {r['peak_flops']['matmul'] / 1e9:.1f} GFLOP/s measured"
+        + (f"; bf16 dense peak {r['peak_flops']['bf16'] / 1e12:.0f} TFLOP/s" if r["peak_flops"].get("bf16") else ""),
+    ]
     if "scoring" in r:
-        lines += ["",
-                  "| model | pairs | tokens/pair: text, TRL computes, prefselect computes | prefselect pairs/s "
-                  "| same, padded layout | TRL pairs/s | speed-up | forward GFLOP/s (share of matmul) | largest Δ "
-                  "from TRL (truncated) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| model | pairs | tokens/pair: text, TRL computes, prefselect computes | prefselect pairs/s "
+            "| same, padded layout | TRL pairs/s | speed-up | forward GFLOP/s (share of matmul) | largest Δ "
+            "from TRL (truncated) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, x in r["scoring"].items():
             t = x["tokens_per_pair"]
             bf16 = f", {x['share_of_bf16_peak']:.0%} of bf16 peak" if "share_of_bf16_peak" in x else ""
@@ -494,29 +619,48 @@ def table(r: dict) -> str:
                 f"| {name} | {x['pairs']} | {t['text']:.0f}, {t['trl']:.0f}, {t['prefselect']:.0f} "
                 f"| {x['prefselect_pairs_per_s']:.0f} | {x['padded_pairs_per_s']:.0f} | {x['trl_pairs_per_s']:.0f} "
                 f"| {x['speedup']:.2f}x | {x['forward_flops'] / 1e9:.1f} ({x['share_of_matmul']:.0%}{bf16}) "
-                f"| {x['max_abs_diff_vs_trl']['full']:.1e} ({x['max_abs_diff_vs_trl']['truncated']:.1e}) |")
-        lines += ["", "TRL's tokenization (shared by both paths, not timed above): "
-                      f"{r['tokenization_pairs_per_s']:.0f} pairs/s"]
+                f"| {x['max_abs_diff_vs_trl']['full']:.1e} ({x['max_abs_diff_vs_trl']['truncated']:.1e}) |"
+            )
+        lines += [
+            "",
+            f"TRL's tokenization (shared by both paths, not timed above): {r['tokenization_pairs_per_s']:.0f} pairs/s",
+        ]
         i = r["influence"]
-        lines += ["", "| model | pairs | LossDiff-IRM scoring (θ and θ_val) s | per-pair gradients s | ratio | FLOP ratio "
-                      "| ḡ_val s |", "|---|---|---|---|---|---|---|",
-                  f"| {i['model']} | {i['pairs']} | {i['score_s']:.2f} | {i['influence_s']:.2f} | {i['ratio']:.1f}x "
-                  f"| {i['flop_ratio']:.1f}x | {i['val_grad_s']:.2f} ({i['val_pairs']} pairs) |"]
+        lines += [
+            "",
+            "| model | pairs | LossDiff-IRM scoring (θ and θ_val) s | per-pair gradients s | ratio | FLOP ratio "
+            "| ḡ_val s |",
+            "|---|---|---|---|---|---|---|",
+            f"| {i['model']} | {i['pairs']} | {i['score_s']:.2f} | {i['influence_s']:.2f} | {i['ratio']:.1f}x "
+            f"| {i['flop_ratio']:.1f}x | {i['val_grad_s']:.2f} ({i['val_pairs']} pairs) |",
+        ]
     if "peak_memory" in r:
-        lines += ["", "| pairs in one `prefselect logps` process | their text in memory (MB) | peak RSS (MB) | "
-                      "of it, after the imports (MB) | added by the step (MB) | seconds |", "|---|---|---|---|---|---|"]
-        lines += [f"| {n} | {x['text_mb']:.0f} | {x['peak_rss_mb']:.0f} | {x['imports_rss_mb']:.0f} | "
-                  f"{x['added_rss_mb']:.0f} | {x['seconds']:.1f} |" for n, x in r["peak_memory"].items()]
+        lines += [
+            "",
+            "| pairs in one `prefselect logps` process | their text in memory (MB) | peak RSS (MB) | "
+            "of it, after the imports (MB) | added by the step (MB) | seconds |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {n} | {x['text_mb']:.0f} | {x['peak_rss_mb']:.0f} | {x['imports_rss_mb']:.0f} | "
+            f"{x['added_rss_mb']:.0f} | {x['seconds']:.1f} |"
+            for n, x in r["peak_memory"].items()
+        ]
     if "workflow" in r:
         w = r["workflow"]
         d, noop = w["dry_run"], w["noop_rerun"]
-        noop_cell = (f"{noop['seconds']:.1f} ({noop['cpu_seconds']:.1f})" if "seconds" in noop
-                     else f"skipped: {noop['skipped']}")
-        lines += ["", "| workflow | seconds (CPU seconds) |", "|---|---|",
-                  f"| `prefselect --help` (best of 3) | {w['cli_help_s']:.2f} |",
-                  f"| `snakemake -n`, demo DAG ({d['jobs']} jobs; {d['ref_logps_jobs']} compute reference log-probs) "
-                  f"| {d['seconds']:.1f} ({d['cpu_seconds']:.1f}) |",
-                  f"| no-op rerun of the demo DAG | {noop_cell} |"]
+        noop_cell = (
+            f"{noop['seconds']:.1f} ({noop['cpu_seconds']:.1f})" if "seconds" in noop else f"skipped: {noop['skipped']}"
+        )
+        lines += [
+            "",
+            "| workflow | seconds (CPU seconds) |",
+            "|---|---|",
+            f"| `prefselect --help` (best of 3) | {w['cli_help_s']:.2f} |",
+            f"| `snakemake -n`, demo DAG ({d['jobs']} jobs; {d['ref_logps_jobs']} compute reference log-probs) "
+            f"| {d['seconds']:.1f} ({d['cpu_seconds']:.1f}) |",
+            f"| no-op rerun of the demo DAG | {noop_cell} |",
+        ]
         lines += [f"| merge + select, {n} score rows | {sec:.2f} |" for n, sec in r["merge_select_s"].items()]
     return "\n".join(lines)
 

@@ -10,12 +10,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-
 import pandas as pd
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, PreTrainedTokenizerFast
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+)
 
 SENTENCES = [
     "the movie was great fun and the cast was wonderful",
@@ -44,7 +50,8 @@ def build_tiny_lm(folder, seed: int = 0) -> str:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>", "<|pad|>"],
+        vocab_size=300,
+        special_tokens=["<|endoftext|>", "<|pad|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     bpe.train_from_iterator(SENTENCES, trainer)
@@ -53,8 +60,13 @@ def build_tiny_lm(folder, seed: int = 0) -> str:
     )
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        vocab_size=len(tokenizer),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     model = GPT2LMHeadModel(config)
@@ -78,12 +90,14 @@ def make_pairs(n: int = 24) -> pd.DataFrame:
     rows = []
     for i in range(n):
         a, b = SENTENCES[i % 6].split(), SENTENCES[(i + 1) % 6].split()
-        rows.append({
-            "id": f"p{i}",
-            "prompt": " ".join(a[: 2 + i % 3]),
-            "chosen": " " + " ".join(a[2 + i % 3:]),
-            "rejected": " " + " ".join(b[: 3 + i % 4]),
-        })
+        rows.append(
+            {
+                "id": f"p{i}",
+                "prompt": " ".join(a[: 2 + i % 3]),
+                "chosen": " " + " ".join(a[2 + i % 3 :]),
+                "rejected": " " + " ".join(b[: 3 + i % 4]),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -105,10 +119,17 @@ def reward_model(tmp_path_factory) -> str:
     folder = build_tiny_lm(tmp_path_factory.mktemp("reward_model"))
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.chat_template = CHAT_TEMPLATE
-    model = GPT2ForSequenceClassification(GPT2Config(
-        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=0, n_head=2, num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    ))
+    model = GPT2ForSequenceClassification(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=64,
+            n_embd=32,
+            n_layer=0,
+            n_head=2,
+            num_labels=1,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     with torch.no_grad():
         model.transformer.wpe.weight.zero_()
         model.transformer.wte.weight[:, 0] = 0.0
@@ -146,8 +167,15 @@ def completion_tokens(folder: str, pairs: pd.DataFrame) -> pd.DataFrame:
     """Tokens of each completion (with its EOS), as `loop_logps` counts them."""
     tokenizer = AutoTokenizer.from_pretrained(folder)
     prompt = pairs["prompt"].map(lambda text: len(tokenizer(text)["input_ids"]))
-    return pd.DataFrame({key: (pairs["prompt"] + pairs[key] + tokenizer.eos_token).map(
-        lambda text: len(tokenizer(text)["input_ids"])) - prompt for key in ("chosen", "rejected")})
+    return pd.DataFrame(
+        {
+            key: (pairs["prompt"] + pairs[key] + tokenizer.eos_token).map(
+                lambda text: len(tokenizer(text)["input_ids"])
+            )
+            - prompt
+            for key in ("chosen", "rejected")
+        }
+    )
 
 
 def made_up_run(n: int, folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

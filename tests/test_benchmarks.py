@@ -15,8 +15,9 @@ BENCH = [sys.executable, str(REPO / "benchmarks" / "scoring.py")]
 def test_quick_benchmark_reports_every_row(tmp_path):
     out = tmp_path / "bench.json"
     # One thread: CI machines are shared, and more threads than free cores stall at every OpenMP barrier.
-    run = subprocess.run([*BENCH, "--quick", "--threads", "1", "--json", str(out)], capture_output=True, text=True,
-                         timeout=600)
+    run = subprocess.run(
+        [*BENCH, "--quick", "--threads", "1", "--json", str(out)], capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["machine"]["torch_threads"] == 1 and r["peak_flops"]["matmul"] > 0
@@ -33,9 +34,12 @@ def test_quick_benchmark_reports_every_row(tmp_path):
     assert influence["score_s"] > 0 and influence["influence_s"] > 0 and influence["ratio"] > 0
     assert influence["flop_ratio"] > 1  # a forward and a backward per sequence cost more than 2 packed forwards
     memory = {int(n): x for n, x in r["peak_memory"].items()}
-    assert len(memory) == 3 and all(x["seconds"] > 0 and 0 < x["imports_rss_mb"] <= x["peak_rss_mb"]
-                                    and x["added_rss_mb"] == x["peak_rss_mb"] - x["imports_rss_mb"]
-                                    for x in memory.values())
+    assert len(memory) == 3 and all(
+        x["seconds"] > 0
+        and 0 < x["imports_rss_mb"] <= x["peak_rss_mb"]
+        and x["added_rss_mb"] == x["peak_rss_mb"] - x["imports_rss_mb"]
+        for x in memory.values()
+    )
     assert memory[max(memory)]["text_mb"] > 5 * memory[min(memory)]["text_mb"]
     # 10x the pairs: what the step adds stays within 50 MB (streamed; at these sizes all pairs are only a few MB)
     assert memory[max(memory)]["added_rss_mb"] < memory[min(memory)]["added_rss_mb"] + 50
@@ -49,8 +53,12 @@ def test_quick_benchmark_reports_every_row(tmp_path):
 
 def test_memory_only_runs_just_the_memory_rows(tmp_path):
     out = tmp_path / "memory.json"
-    run = subprocess.run([*BENCH, "--quick", "--memory-only", "--threads", "1", "--json", str(out)],
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [*BENCH, "--quick", "--memory-only", "--threads", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     r = json.loads(out.read_text())
     assert len(r["peak_memory"]) == 3 and "scoring" not in r and "workflow" not in r
@@ -65,8 +73,12 @@ def test_gpu_variant_fails_clearly_without_cuda():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU benchmark runs here")
 def test_dpo_step_benchmark_stops_clearly_without_cuda():
-    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "dpo_steps.py"), "--model", "unused"],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "dpo_steps.py"), "--model", "unused"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2 and "needs a CUDA GPU" in run.stderr
 
 
@@ -86,12 +98,29 @@ def fake_run(folder: Path, rates: dict, chosen: str, weights: str, size: int, se
 
 def test_lora_vs_full_pairs_the_runs_of_each_seed(tmp_path):
     names = ["full", "random", "lossdiff_irm", "aux_irm_top64", "auto"]
-    full = [fake_run(tmp_path / f"full-{s}", {n: 0.5 + 0.01 * s for n in names}, "auto", "model.safetensors", 300, 0.4)
-            for s in (0, 1)]
-    lora = [fake_run(tmp_path / f"lora-{s}", {n: 0.52 + 0.03 * s for n in names}, "full", "adapter_model.safetensors",
-                     20, 0.2) for s in (0, 1)]
-    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lora_vs_full.py"), "--full", *map(str, full),
-                          "--lora", *map(str, lora)], capture_output=True, text=True, timeout=60)
+    full = [
+        fake_run(tmp_path / f"full-{s}", {n: 0.5 + 0.01 * s for n in names}, "auto", "model.safetensors", 300, 0.4)
+        for s in (0, 1)
+    ]
+    lora = [
+        fake_run(
+            tmp_path / f"lora-{s}", {n: 0.52 + 0.03 * s for n in names}, "full", "adapter_model.safetensors", 20, 0.2
+        )
+        for s in (0, 1)
+    ]
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "lora_vs_full.py"),
+            "--full",
+            *map(str, full),
+            "--lora",
+            *map(str, lora),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     # LoRA − full per seed: 0.02 and 0.04, so 0.030 ± 0.014
     assert "| random | 0.505 ± 0.007 | 0.535 ± 0.021 | 0.030 ± 0.014 |" in run.stdout

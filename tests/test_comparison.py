@@ -37,10 +37,20 @@ def test_tournaments_beside_the_results_are_summarised(tmp_path):
     for name, chosen, regret, rho, made in (("a", "x", 0.0, 0.8, "x"), ("b", "y", 0.04, 0.4, "full")):
         (tmp_path / name).mkdir()
         runs.append(write_run(tmp_path / name / "results.json", {"full": 0.6, "x": 0.6, "y": 0.6}))
-        (tmp_path / name / "tournament.json").write_text(json.dumps({  # b: the gate kept the fallback
-            "criterion": "dev_margin", "chosen": made, "regret": 0.0, "best_in_hindsight": "x", "by_criterion": {
-                "dev_margin": {"chosen": chosen, "regret": regret, "spearman": rho},
-                "dev_loss": {"chosen": "full", "regret": 0.1, "spearman": None}}}))
+        (tmp_path / name / "tournament.json").write_text(
+            json.dumps(
+                {  # b: the gate kept the fallback
+                    "criterion": "dev_margin",
+                    "chosen": made,
+                    "regret": 0.0,
+                    "best_in_hindsight": "x",
+                    "by_criterion": {
+                        "dev_margin": {"chosen": chosen, "regret": regret, "spearman": rho},
+                        "dev_loss": {"chosen": "full", "regret": 0.1, "spearman": None},
+                    },
+                }
+            )
+        )
     comparison = compare_runs(runs, ["full"])
     summary = comparison["tournament"]["by_criterion"]
     assert summary["dev_margin"]["chosen"] == ["x", "y"]

@@ -52,21 +52,44 @@ def test_demo_config_validates_and_fills_defaults():
         ("selectors.random.fraction", 0.5, "selectors.random: a random selector needs exactly one of"),
         ("selectors.full.fraction", 0.5, "selectors.full: `like` and `fraction` do not apply to kind 'full'"),
         ("selectors.rated", {"kind": "external", "column": "r"}, "selectors.rated: a external selector needs"),
-        ("selectors.rated", {"kind": "external", "fraction": 0.5}, "selectors.rated: an external selector needs exactly"),
-        ("selectors.rated", {"kind": "external", "reward_model": "m", "minus": "r", "fraction": 0.5},
-         "selectors.rated.minus: only together with `column`"),
-        ("selectors.lossdiff_irm.column", "rating",
-         "selectors.lossdiff_irm.column: allowed for kinds external and alignment_potential only"),
-        ("selectors.ap", {"kind": "alignment_potential", "column": "r"},
-         "selectors.ap: a alignment_potential selector needs exactly one of `like` or `fraction`"),
-        ("selectors.ap", {"kind": "alignment_potential", "fraction": 0.4},
-         "selectors.ap: an alignment_potential selector needs exactly one of `column` or `reward_model`"),
+        (
+            "selectors.rated",
+            {"kind": "external", "fraction": 0.5},
+            "selectors.rated: an external selector needs exactly",
+        ),
+        (
+            "selectors.rated",
+            {"kind": "external", "reward_model": "m", "minus": "r", "fraction": 0.5},
+            "selectors.rated.minus: only together with `column`",
+        ),
+        (
+            "selectors.lossdiff_irm.column",
+            "rating",
+            "selectors.lossdiff_irm.column: allowed for kinds external and alignment_potential only",
+        ),
+        (
+            "selectors.ap",
+            {"kind": "alignment_potential", "column": "r"},
+            "selectors.ap: a alignment_potential selector needs exactly one of `like` or `fraction`",
+        ),
+        (
+            "selectors.ap",
+            {"kind": "alignment_potential", "fraction": 0.4},
+            "selectors.ap: an alignment_potential selector needs exactly one of `column` or `reward_model`",
+        ),
         ("selectors.rated.weight", 2, "selectors.rated.weight: allowed for kind 'alignment_potential' only"),
         ("selectors.ap.weight", -1, "selectors.ap.weight"),
         ("selectors.full.final", {"loss_type": "kto"}, "selectors.full.final.loss_type"),
-        ("selectors.full.final", {"loss_type": "robust", "label_smoothing": 0.5}, "selectors.full.final.label_smoothing"),
-        ("selectors.full.final", {"label_smoothing": 0.1},
-         "selectors.full.final.label_smoothing: only loss_type robust uses it"),
+        (
+            "selectors.full.final",
+            {"loss_type": "robust", "label_smoothing": 0.5},
+            "selectors.full.final.label_smoothing",
+        ),
+        (
+            "selectors.full.final",
+            {"label_smoothing": 0.1},
+            "selectors.full.final.label_smoothing: only loss_type robust uses it",
+        ),
         ("selectors.auto.final", {"loss_type": "ipo"}, "selectors.auto.final: the auto selector adopts its winner's"),
         ("selectors.lossdiff_irm.like", "random", "selectors.lossdiff_irm.like: 'random' is not a selector without"),
         ("aux.init", "scratch", "aux.init"),
@@ -120,8 +143,12 @@ def test_full_opponent_needs_the_full_selector():
 
 def test_target_fractions_and_external_selectors_validate():
     config = with_change("selectors.matched", {"bands": {"lossdiff": [30, 100]}, "like": "lossdiff_irm"})
-    config["selectors"]["rated"] = {"kind": "external", "column": "score_chosen", "minus": "score_rejected",
-                                    "fraction": 0.64}
+    config["selectors"]["rated"] = {
+        "kind": "external",
+        "column": "score_chosen",
+        "minus": "score_rejected",
+        "fraction": 0.64,
+    }
     config["selectors"]["rm"] = {"kind": "external", "reward_model": "org/rm", "like": "lossdiff_irm"}
     selectors = validate(config)["selectors"]
     assert selectors["matched"]["kind"] == "bands" and selectors["rm"]["kind"] == "external"
@@ -132,8 +159,12 @@ def dry_run(workdir: Path, *args: str) -> str:
     checkout does."""
     (workdir / "config").mkdir(exist_ok=True)
     shutil.copyfile(REPO / "config" / "config.yaml", workdir / "config" / "config.yaml")
-    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--directory", str(workdir), "--cores", "1",
-                             *args], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--directory", str(workdir), "--cores", "1", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -146,8 +177,15 @@ def test_the_demo_is_extended_by_keys_and_replaced_by_a_config_that_names_a_mode
     extended = dry_run(tmp_path, "--configfile", str(extra))
     assert "results/selection/upper_half.parquet" in extended and "results/selection/lossdiff_irm.parquet" in extended
     own = tmp_path / "own.yaml"
-    own.write_text(yaml.safe_dump({"model": {"path": str(tmp_path)}, "data": {"source": str(extra)},
-                                   "selectors": {"upper_half": {"bands": {"lossdiff": [50, 100]}}}}))
+    own.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"path": str(tmp_path)},
+                "data": {"source": str(extra)},
+                "selectors": {"upper_half": {"bands": {"lossdiff": [50, 100]}}},
+            }
+        )
+    )
     replaced = dry_run(tmp_path, "--configfile", str(own))
     assert "results/selection/upper_half.parquet" in replaced
     assert "lossdiff_irm" not in replaced and "rule demo_" not in replaced  # nothing of the demo's config carried over
@@ -157,22 +195,53 @@ def test_snakemake_stops_on_a_bad_config_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(with_change("selectors.lossdiff_irm.bands.lossdiff", [90, 10])))
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-         "--configfile", str(bad), "--cores", "1"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(bad),
+            "--cores",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode != 0
-    assert "selectors.lossdiff_irm.bands.lossdiff: lower bound 90 must be below upper bound 10" in result.stdout + result.stderr
+    assert (
+        "selectors.lossdiff_irm.bands.lossdiff: lower bound 90 must be below upper bound 10"
+        in result.stdout + result.stderr
+    )
     assert not (tmp_path / "results").exists()
 
 
 # Keys that say where things are or what a job may use, which the workflow reads and no step does.
 WORKFLOW_ONLY = {
-    "outdir", "demo.enabled", "demo.task", "demo.snippets", "data.test", "model.path", "data.source", "data.validation", "data.dev",
-    "aux.init", "scoring.shards", "influence.enabled", "influence.shards", "influence.group_training",
+    "outdir",
+    "demo.enabled",
+    "demo.task",
+    "demo.snippets",
+    "data.test",
+    "model.path",
+    "data.source",
+    "data.validation",
+    "data.dev",
+    "aux.init",
+    "scoring.shards",
+    "influence.enabled",
+    "influence.shards",
+    "influence.group_training",
     "evaluation.prompts",
-    *(f"{section}.{key}" for section in ("training", "scoring", "evaluation")
-      for key in ("gpus", "threads", "mem_mb", "runtime")),
+    *(
+        f"{section}.{key}"
+        for section in ("training", "scoring", "evaluation")
+        for key in ("gpus", "threads", "mem_mb", "runtime")
+    ),
 }
 
 
@@ -223,10 +292,17 @@ def test_a_step_run_by_hand_takes_the_workflows_settings(step, stage):
     that sets none of them: the schema's default. Its arguments have no defaults of their own."""
     from prefselect import settings
 
-    workflow = validate({"model": {"path": "org/m"}, "data": {"source": "pairs.jsonl"},
-                         "selectors": {"lossdiff_irm": {"bands": {"lossdiff": [10, 90], "irm": [10, 90]}},
-                                       "full": {"kind": "full"},
-                                       "auto": {"kind": "auto", "candidates": ["lossdiff_irm", "full"]}}})
+    workflow = validate(
+        {
+            "model": {"path": "org/m"},
+            "data": {"source": "pairs.jsonl"},
+            "selectors": {
+                "lossdiff_irm": {"bands": {"lossdiff": [10, 90], "irm": [10, 90]}},
+                "full": {"kind": "full"},
+                "auto": {"kind": "auto", "candidates": ["lossdiff_irm", "full"]},
+            },
+        }
+    )
     selector = "auto" if step == "tournament" else "lossdiff_irm"
     given = settings.load(settings.step_config(workflow, step, stage, selector), step, stage)
     by_hand = settings.load(None, step, stage)
@@ -243,7 +319,7 @@ def test_a_key_a_step_was_not_given_is_an_error_to_read():
     given = settings.load('{"method": {"beta": 0.5}}', "score")
     assert given.method.beta == 0.5 and given.scoring.batch_size == default("scoring.batch_size")
     with pytest.raises(settings.UnsetKey, match="config key training: not among"):
-        given.training.learning_rate
+        _ = given.training.learning_rate
 
 
 def test_no_argument_of_a_step_has_a_default_that_a_setting_should_give():
@@ -261,8 +337,9 @@ def test_small_numbers_reach_a_step_as_numbers():
     """The JSON a rule hands a step writes 1e-05 without a dot, which YAML 1.1 would read as a string."""
     from prefselect import settings
 
-    config = validate({"model": {"path": "org/m"}, "data": {"source": "pairs.jsonl"},
-                       "training": {"learning_rate": 1.0e-5}})
+    config = validate(
+        {"model": {"path": "org/m"}, "data": {"source": "pairs.jsonl"}, "training": {"learning_rate": 1.0e-5}}
+    )
     handed = settings.step_config(config, "train", "warmup")
     assert '"learning_rate": 1e-05' in handed
     assert settings.load(handed, "train", "warmup").training.learning_rate == 1e-5
@@ -284,14 +361,24 @@ def test_planning_imports_no_numpy_pandas_torch_or_transformers():
     """What the Snakefile and its rules import of the package runs on a cluster's login node, for every plan."""
     rules = [REPO / "Snakefile", *sorted((REPO / "workflow/rules").glob("*.smk"))]
     # Snakemake's own syntax is no Python: only its import lines are parsed.
-    lines = "\n".join(line for path in rules for line in path.read_text().splitlines()
-                      if line.startswith(("import prefselect", "from prefselect")))
+    lines = "\n".join(
+        line
+        for path in rules
+        for line in path.read_text().splitlines()
+        if line.startswith(("import prefselect", "from prefselect"))
+    )
     modules = sorted(prefselect_imports(lines))
     assert {"config", "settings", "kinds", "deploy"} <= set(modules)
-    code = (f"import sys; import {', '.join(f'prefselect.{m}' for m in modules)}; "
-            "print(sorted(m for m in ('numpy', 'pandas', 'torch', 'transformers') if m in sys.modules))")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(REPO / "workflow")})
+    code = (
+        f"import sys; import {', '.join(f'prefselect.{m}' for m in modules)}; "
+        "print(sorted(m for m in ('numpy', 'pandas', 'torch', 'transformers') if m in sys.modules))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "workflow")},
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
 
@@ -303,7 +390,7 @@ def test_the_package_has_no_import_circle():
     visiting, done = [], set()
 
     def visit(module):
-        assert module not in visiting, f"import circle: {' -> '.join(visiting[visiting.index(module):] + [module])}"
+        assert module not in visiting, f"import circle: {' -> '.join(visiting[visiting.index(module) :] + [module])}"
         if module in done:
             return
         visiting.append(module)

@@ -34,14 +34,42 @@ def test_each_pair_is_scored_by_the_fold_model_that_never_trained_on_it(tiny_lm,
     ref = loop_logps(tiny_lm, pairs, 64)
     pairs.to_parquet(tmp_path / "train.parquet")
     ref.to_parquet(tmp_path / "ref.parquet")
-    common = ["--data", str(tmp_path / "train.parquet"), "--ref", str(tmp_path / "ref.parquet"),
-              *config_arg(seed=5, method={"beta": BETA}, crossfit={"folds": 2},
-                          training={"batch_size": 4, "learning_rate": 1e-2})]
+    common = [
+        "--data",
+        str(tmp_path / "train.parquet"),
+        "--ref",
+        str(tmp_path / "ref.parquet"),
+        *config_arg(
+            seed=5, method={"beta": BETA}, crossfit={"folds": 2}, training={"batch_size": 4, "learning_rate": 1e-2}
+        ),
+    ]
     for fold in (0, 1):
-        main(["train", "--model", tiny_lm, *common, "--stage", "crossfit", "--holdout-fold", str(fold),
-              "--out", str(tmp_path / f"xfit-{fold}")])
-        main(["crossfit-score", "--model", str(tmp_path / f"xfit-{fold}"), *common, "--fold", str(fold),
-              "--out", str(tmp_path / f"{fold}-of-2.parquet")])
+        main(
+            [
+                "train",
+                "--model",
+                tiny_lm,
+                *common,
+                "--stage",
+                "crossfit",
+                "--holdout-fold",
+                str(fold),
+                "--out",
+                str(tmp_path / f"xfit-{fold}"),
+            ]
+        )
+        main(
+            [
+                "crossfit-score",
+                "--model",
+                str(tmp_path / f"xfit-{fold}"),
+                *common,
+                "--fold",
+                str(fold),
+                "--out",
+                str(tmp_path / f"{fold}-of-2.parquet"),
+            ]
+        )
     folds = fold_of(pairs["id"], 2, seed=5)
     for fold in (0, 1):  # warm-up k trained on the other fold only: one step per batch of 4 of its pairs
         log = json.loads((tmp_path / f"xfit-{fold}" / "training_log.json").read_text())
@@ -50,14 +78,30 @@ def test_each_pair_is_scored_by_the_fold_model_that_never_trained_on_it(tiny_lm,
         assert sorted(scored["id"]) == sorted(pairs["id"][folds == fold])
     scores = pd.DataFrame({"id": pairs["id"], "irm": 0.0})
     scores.to_parquet(tmp_path / "scores.parquet")
-    main(["join-crossfit", "--scores", str(tmp_path / "scores.parquet"), "--folds", str(tmp_path / "0-of-2.parquet"),
-          str(tmp_path / "1-of-2.parquet"), "--out", str(tmp_path / "crossfit.parquet")])
+    main(
+        [
+            "join-crossfit",
+            "--scores",
+            str(tmp_path / "scores.parquet"),
+            "--folds",
+            str(tmp_path / "0-of-2.parquet"),
+            str(tmp_path / "1-of-2.parquet"),
+            "--out",
+            str(tmp_path / "crossfit.parquet"),
+        ]
+    )
     joined = pd.read_parquet(tmp_path / "crossfit.parquet").set_index("id")
     assert list(joined.columns) == ["irm", "xfit_irm", "xfit_loss"] and len(joined) == len(pairs)
     # Recomputed one pair at a time under each fold's model: the score is that of the model that left the pair out.
     under = {fold: loop_logps(str(tmp_path / f"xfit-{fold}"), pairs, 64).set_index("id") for fold in (0, 1)}
-    margin = {fold: BETA * ((under[fold]["chosen_logp"] - ref.set_index("id")["chosen_logp"])
-                            - (under[fold]["rejected_logp"] - ref.set_index("id")["rejected_logp"])) for fold in (0, 1)}
+    margin = {
+        fold: BETA
+        * (
+            (under[fold]["chosen_logp"] - ref.set_index("id")["chosen_logp"])
+            - (under[fold]["rejected_logp"] - ref.set_index("id")["rejected_logp"])
+        )
+        for fold in (0, 1)
+    }
     own = np.where(folds == 0, margin[0].loc[pairs["id"]], margin[1].loc[pairs["id"]])
     other = np.where(folds == 0, margin[1].loc[pairs["id"]], margin[0].loc[pairs["id"]])
     np.testing.assert_allclose(joined.loc[pairs["id"], "xfit_irm"], own, atol=1e-6)
@@ -72,13 +116,24 @@ def test_a_pair_missing_from_every_fold_is_an_error():
         join(scores, [fold])
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"crossfit": {"folds": 1}}, "config key crossfit.folds"),
-    ({"selectors": {"sel": {"bands": {"xfit_loss": [0, 50]}}}}, "selectors.sel.bands.xfit_loss: needs crossfit.folds"),
-    ({"crossfit": {"folds": 2}, "influence": {"enabled": True},
-      "selectors": {"sel": {"bands": {"xfit_loss": [0, 50], "influence": [10, 90]}}}},
-     "selectors.sel.bands: influence and cross-fitted scores are not read together"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"crossfit": {"folds": 1}}, "config key crossfit.folds"),
+        (
+            {"selectors": {"sel": {"bands": {"xfit_loss": [0, 50]}}}},
+            "selectors.sel.bands.xfit_loss: needs crossfit.folds",
+        ),
+        (
+            {
+                "crossfit": {"folds": 2},
+                "influence": {"enabled": True},
+                "selectors": {"sel": {"bands": {"xfit_loss": [0, 50], "influence": [10, 90]}}},
+            },
+            "selectors.sel.bands: influence and cross-fitted scores are not read together",
+        ),
+    ],
+)
 def test_crossfit_settings_are_checked(change, message):
     from prefselect.config import validate
 

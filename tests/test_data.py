@@ -52,7 +52,7 @@ def plain_tok_path(tmp_path_factory) -> str:
 
 
 def good_row(i: int) -> dict:
-    w = WORDS[i % len(WORDS):] + WORDS
+    w = WORDS[i % len(WORDS) :] + WORDS
     return {"prompt": f"{i} {w[0]} {w[1]}", "chosen": f" {w[2]} {w[3]}", "rejected": f" {w[4]} {w[5]} {w[6]}"}
 
 
@@ -62,8 +62,11 @@ def msgs(role: str, content: str) -> list[dict]:
 
 def conv_row(i: int) -> dict:
     row = good_row(i)
-    return {"prompt": msgs("user", row["prompt"]), "chosen": msgs("assistant", row["chosen"]),
-            "rejected": msgs("assistant", row["rejected"])}
+    return {
+        "prompt": msgs("user", row["prompt"]),
+        "chosen": msgs("assistant", row["chosen"]),
+        "rejected": msgs("assistant", row["rejected"]),
+    }
 
 
 def whole(row: dict) -> dict:
@@ -308,8 +311,11 @@ def sharegpt_row(i: int, history: int = 0, system: bool = False) -> dict:
     row = good_row(i)
     turns = [turn("system", "be brief")] if system else []
     turns += [turn(r, f"{r} {k}") for k in range(history) for r in ("human", "gpt")]
-    return {"conversations": turns + [turn("human", row["prompt"])], "chosen": turn("gpt", row["chosen"]),
-            "rejected": turn("gpt", row["rejected"])}
+    return {
+        "conversations": turns + [turn("human", row["prompt"])],
+        "chosen": turn("gpt", row["chosen"]),
+        "rejected": turn("gpt", row["rejected"]),
+    }
 
 
 def as_messages(turns: list[dict]) -> list[dict]:
@@ -357,12 +363,20 @@ def test_sharegpt_rows_become_conversational_pairs_or_are_quarantined(tmp_path, 
             full = tokenizer.apply_chat_template(prompt + as_messages([row[key]]), tokenize=False)
             assert rendered.name + rendered[key] == full
     # TRL tokenizing our strings gives the tokens it gives the same pairs in its conversational format, truncated
-    conversational = [{"prompt": as_messages(r["conversations"]), "chosen": as_messages([r["chosen"]]),
-                       "rejected": as_messages([r["rejected"]])} for r in good]
-    order = [tokenizer.apply_chat_template(c["prompt"], add_generation_prompt=True, tokenize=False)
-             for c in conversational]
-    ours = trl_tokenize(by_prompt.loc[order].reset_index()[["prompt", "chosen", "rejected"]].to_dict("records"),
-                        tokenizer, 96)
+    conversational = [
+        {
+            "prompt": as_messages(r["conversations"]),
+            "chosen": as_messages([r["chosen"]]),
+            "rejected": as_messages([r["rejected"]]),
+        }
+        for r in good
+    ]
+    order = [
+        tokenizer.apply_chat_template(c["prompt"], add_generation_prompt=True, tokenize=False) for c in conversational
+    ]
+    ours = trl_tokenize(
+        by_prompt.loc[order].reset_index()[["prompt", "chosen", "rejected"]].to_dict("records"), tokenizer, 96
+    )
     theirs = trl_tokenize(conversational, tokenizer, 96)
     for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
         assert ours[key] == theirs[key]
@@ -371,8 +385,10 @@ def test_sharegpt_rows_become_conversational_pairs_or_are_quarantined(tmp_path, 
 
 def test_chatml_completion_keeps_one_eos(tmp_path):
     """A template that writes `<|eos|>\\n` after each turn: the completion ends at its EOS, so TRL adds no second."""
-    template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}\n{% endfor %}" \
-               "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
     tok_path = _save_tokenizer(tmp_path / "tok", template)
     tokenizer = AutoTokenizer.from_pretrained(tok_path)
     rows = [sharegpt_row(i) for i in range(10)]
@@ -391,8 +407,7 @@ def test_chatml_completion_keeps_one_eos(tmp_path):
 def test_test_split_is_held_out_and_stable(tmp_path, tok_path):
     src = write_lines(tmp_path / "d.jsonl", [good_row(i) for i in range(60)])
     without = prepare(src, str(tmp_path / "a"), tokenizer=tok_path, max_length=64, val_fraction=0.2)
-    report = prepare(src, str(tmp_path / "b"), tokenizer=tok_path, max_length=64, val_fraction=0.2,
-                     test_fraction=0.25)
+    report = prepare(src, str(tmp_path / "b"), tokenizer=tok_path, max_length=64, val_fraction=0.2, test_fraction=0.25)
     train, val, _, _ = outputs(tmp_path / "b")
     test = pd.read_parquet(tmp_path / "b" / "test.parquet")
     assert report["test"] == len(test) > 0 and without["test"] == 0
@@ -405,10 +420,12 @@ def test_test_split_is_held_out_and_stable(tmp_path, tok_path):
 
 def test_dev_split_is_held_out_of_every_other_split_stable_and_accounted_for(tmp_path, tok_path):
     """Dev pairs come out of the validation pairs by the same hash, so θ_val never trains on them."""
+
     def split(name: str, n: int, **extra) -> tuple[dict, dict[str, set]]:
         src = write_lines(tmp_path / f"{name}.jsonl", [good_row(i) for i in range(n)])
-        report = prepare(src, str(tmp_path / name), tokenizer=tok_path, max_length=64, val_fraction=0.3,
-                         test_fraction=0.2, **extra)
+        report = prepare(
+            src, str(tmp_path / name), tokenizer=tok_path, max_length=64, val_fraction=0.3, test_fraction=0.2, **extra
+        )
         ids = {s: set(pd.read_parquet(tmp_path / name / f"{s}.parquet")["id"]) for s in ("train", "val", "test", "dev")}
         return report, ids
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import tarfile
@@ -122,15 +121,26 @@ def check_pairs(out, stats: dict, n_train: int, n_val: int, n_eval: int) -> pd.D
 
 
 def test_make_pairs_uniform(sft, snippets, tmp_path):
-    stats = demo.make_pairs(sft[0], snippets, str(tmp_path), n_train=40, n_val=10, n_eval_prompts=20,
-                            max_new_tokens=8, noise=0.25, seed=3)
+    stats = demo.make_pairs(
+        sft[0], snippets, str(tmp_path), n_train=40, n_val=10, n_eval_prompts=20, max_new_tokens=8, noise=0.25, seed=3
+    )
     train = check_pairs(tmp_path, stats, 40, 10, 20)
     assert train.flipped.sum() == stats["train_flipped"] == 10 and stats["flip_rate"] == 0.25
 
 
 def test_make_pairs_bradley_terry(sft, snippets, tmp_path):
-    stats = demo.make_pairs(sft[0], snippets, str(tmp_path), n_train=40, n_val=10, n_eval_prompts=20,
-                            max_new_tokens=8, noise_model="bradley_terry", tau=0.5, seed=3)
+    stats = demo.make_pairs(
+        sft[0],
+        snippets,
+        str(tmp_path),
+        n_train=40,
+        n_val=10,
+        n_eval_prompts=20,
+        max_new_tokens=8,
+        noise_model="bradley_terry",
+        tau=0.5,
+        seed=3,
+    )
     train = check_pairs(tmp_path, stats, 40, 10, 20)
     assert stats["noise"] is None and 0 < train.flipped.sum() < 20  # P(flip) < 1/2 for every untied pair
 
@@ -145,8 +155,11 @@ def test_noisy_heldout_pairs_flip_their_share_and_move_nothing_else(sft, snippet
     clean = demo.make_pairs(sft[0], snippets, str(tmp_path / "clean"), **args)
     noisy = demo.make_pairs(sft[0], snippets, str(tmp_path / "noisy"), **args, val_noise=0.2, dev_noise=0.4)
     assert (clean["val_flipped"], clean["dev_flipped"], noisy["val_flipped"], noisy["dev_flipped"]) == (0, 0, 2, 4)
-    read = {(run, name): pd.read_json(tmp_path / run / f"{name}.jsonl", lines=True)
-            for run in ("clean", "noisy") for name in ("train", "val", "dev", "eval_prompts")}
+    read = {
+        (run, name): pd.read_json(tmp_path / run / f"{name}.jsonl", lines=True)
+        for run in ("clean", "noisy")
+        for name in ("train", "val", "dev", "eval_prompts")
+    }
     for name in ("train", "eval_prompts"):
         pd.testing.assert_frame_equal(read["clean", name], read["noisy", name])
     for name in ("val", "dev"):

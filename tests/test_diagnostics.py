@@ -17,8 +17,9 @@ def test_auc_by_hand():
 def test_deciles_locate_the_flips():
     ids = [f"p{i}" for i in range(100)]
     scores = pd.DataFrame({"id": ids, "lossdiff": np.arange(100.0), "irm": -np.arange(100.0), "aux_irm": 0.0})
-    train = pd.DataFrame({"id": ids[::-1], "flipped": [i >= 90 for i in range(100)][::-1],
-                          "oracle_margin": np.arange(100.0)[::-1]})
+    train = pd.DataFrame(
+        {"id": ids[::-1], "flipped": [i >= 90 for i in range(100)][::-1], "oracle_margin": np.arange(100.0)[::-1]}
+    )
     table = decile_table(scores, train, "lossdiff")
     assert list(table["pairs"]) == [10] * 10
     assert list(table["flipped_share"]) == [0.0] * 9 + [1.0]

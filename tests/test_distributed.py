@@ -56,10 +56,23 @@ def test_two_deepspeed_processes_train_the_same_model_as_one_process(data, tiny_
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
     env.update(CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO / "workflow"))
     command = [
-        sys.executable, "-m", "prefselect", "--gpus", "2", "train", "--model", tiny_lm,
+        sys.executable,
+        "-m",
+        "prefselect",
+        "--gpus",
+        "2",
+        "train",
+        "--model",
+        tiny_lm,
         *config_arg(training={"deepspeed": zero, "batch_size": 8, "save_steps": 2}, data={"max_length": 48}),
-        "--data", str(data / "pairs.parquet"), "--ref", str(data / "ref.parquet"), "--checkpoint-dir", str(data / f"checkpoints-{zero}"),
-        "--out", str(out),
+        "--data",
+        str(data / "pairs.parquet"),
+        "--ref",
+        str(data / "ref.parquet"),
+        "--checkpoint-dir",
+        str(data / f"checkpoints-{zero}"),
+        "--out",
+        str(out),
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
@@ -87,11 +100,17 @@ def test_two_deepspeed_processes_train_the_same_adapter_as_one_process(data, tin
     from safetensors.torch import load_file
 
     pairs, ref = pd.read_parquet(data / "pairs.parquet"), pd.read_parquet(data / "ref.parquet")
-    train_dpo(tiny_lm, pairs, ref, str(data / f"lora-one-{zero}"),
-              dpo_settings(batch_size=8, max_length=48, learning_rate=1e-2, lora=LORA))
+    train_dpo(
+        tiny_lm,
+        pairs,
+        ref,
+        str(data / f"lora-one-{zero}"),
+        dpo_settings(batch_size=8, max_length=48, learning_rate=1e-2, lora=LORA),
+    )
     out = data / f"lora-{zero}"
-    command, env = two_processes(data, tiny_lm, out, {"deepspeed": zero, "batch_size": 8, "learning_rate": 1e-2,
-                                                      "lora": LORA})
+    command, env = two_processes(
+        data, tiny_lm, out, {"deepspeed": zero, "batch_size": 8, "learning_rate": 1e-2, "lora": LORA}
+    )
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert f"2 process(es) on cpu, DeepSpeed ZeRO-{zero[-1]}" in result.stdout
@@ -120,16 +139,35 @@ def two_processes(data, tiny_lm, out, training: dict, *more: str) -> tuple[list[
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
     env.update(CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO / "workflow"))
     command = [
-        sys.executable, "-m", "prefselect", "--gpus", "2", "train", "--model", tiny_lm,
+        sys.executable,
+        "-m",
+        "prefselect",
+        "--gpus",
+        "2",
+        "train",
+        "--model",
+        tiny_lm,
         *config_arg(training=training, data={"max_length": 48}),
-        "--data", str(data / "pairs.parquet"), "--ref", str(data / "ref.parquet"), *more, "--out", str(out),
+        "--data",
+        str(data / "pairs.parquet"),
+        "--ref",
+        str(data / "ref.parquet"),
+        *more,
+        "--out",
+        str(out),
     ]
     return command, env
 
 
 def test_a_killed_deepspeed_run_resumes_and_ends_as_an_uninterrupted_one(data, tiny_lm):
-    uninterrupted = launch(data, tiny_lm, data / "uninterrupted", data / "checkpoints-uninterrupted",
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uninterrupted = launch(
+        data,
+        tiny_lm,
+        data / "uninterrupted",
+        data / "checkpoints-uninterrupted",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     assert uninterrupted.wait(timeout=600) == 0
 
     out, checkpoints = data / "killed", data / "checkpoints-killed"
@@ -146,8 +184,11 @@ def test_a_killed_deepspeed_run_resumes_and_ends_as_an_uninterrupted_one(data, t
         os.kill(pid, signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
     assert not out.exists()
-    done = max(int(p.name.split("-")[1]) for p in checkpoints.glob("run-*/checkpoint-*")
-               if (p / "trainer_state.json").is_file())
+    done = max(
+        int(p.name.split("-")[1])
+        for p in checkpoints.glob("run-*/checkpoint-*")
+        if (p / "trainer_state.json").is_file()
+    )
     assert 0 < done < 8
 
     rerun = launch(data, tiny_lm, out, checkpoints, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

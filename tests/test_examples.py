@@ -44,8 +44,19 @@ def dry_run(config: Path, workdir: Path) -> str:
     (workdir / "config").mkdir()
     shutil.copyfile(REPO / "config" / "config.yaml", workdir / "config" / "config.yaml")
     command = [
-        sys.executable, "-c", OFFLINE_SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(config), "--cores", "1", "--dry-run", "--printshellcmds",
+        sys.executable,
+        "-c",
+        OFFLINE_SNAKEMAKE,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config),
+        "--cores",
+        "1",
+        "--dry-run",
+        "--printshellcmds",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=workdir)
@@ -59,11 +70,13 @@ def planned_jobs(output: str) -> list[dict]:
     for block in re.split(r"\n(?=rule \w+:\n)", output)[1:]:
         resources = re.search(r"^\s+resources: (.*)$", block, re.M)
         shell = re.search(r"^Shell command: (.*)$", block, re.M)
-        jobs.append({
-            "rule": block.split(":", 1)[0].removeprefix("rule "),
-            "resources": dict(item.split("=", 1) for item in resources.group(1).split(", ")) if resources else {},
-            "shell": shell.group(1) if shell else "",
-        })
+        jobs.append(
+            {
+                "rule": block.split(":", 1)[0].removeprefix("rule "),
+                "resources": dict(item.split("=", 1) for item in resources.group(1).split(", ")) if resources else {},
+                "shell": shell.group(1) if shell else "",
+            }
+        )
     return jobs
 
 
@@ -99,8 +112,10 @@ def test_the_lora_example_trains_every_stage_as_an_adapter_on_one_gpu_with_the_d
     assert len(dpo) == 2 + 13 + 1 and Counter(job["rule"] for job in jobs)["adopt_winner"] == 1
     for job in dpo:
         assert job["resources"]["gpu"] == "1" and " --gpus 1 " in job["shell"], job
-        assert '"lora": {"alpha": 32, "dropout": 0.05, "merge": false, "r": 16, "target_modules": "all-linear"}' \
-            in job["shell"], job
+        assert (
+            '"lora": {"alpha": 32, "dropout": 0.05, "merge": false, "r": 16, "target_modules": "all-linear"}'
+            in job["shell"]
+        ), job
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[path.stem for path in EXAMPLES])
@@ -115,8 +130,9 @@ def test_example_plans_every_job_as_configured(example, plan):
     assert counts["prepare"] == 1
     assert counts["score"] == scoring["shards"]
     # Reference log-probs: the same shards for every split that has them (train and val, and test where it exists)
-    splits = Counter(re.search(r" --data \S*/(\w+)\.parquet ", job["shell"]).group(1)
-                     for job in jobs if job["rule"] == "ref_logps")
+    splits = Counter(
+        re.search(r" --data \S*/(\w+)\.parquet ", job["shell"]).group(1) for job in jobs if job["rule"] == "ref_logps"
+    )
     assert {"train", "val"} <= splits.keys() and set(splits.values()) == {scoring["shards"]}, splits
     # Every selector gets its selection and a final model; an auto selector's comes from its tournament, whose
     # candidates' own models (screening runs, with screen_epochs) are DPO runs too.
@@ -148,9 +164,12 @@ def test_gpu_example_reads_hub_model_and_ultrafeedback_splits(name, plan):
     (prepare,) = [job for job in jobs if job["rule"] == "prepare"]
     model = config["model"]["path"]
     for argument in (
-        "--source HuggingFaceH4/ultrafeedback_binarized", '"split": "train_prefs"',
-        "--validation HuggingFaceH4/ultrafeedback_binarized", '"validation_split": "test_prefs"',
-        f"--tokenizer {model}", f'"max_length": {config["data"]["max_length"]}',
+        "--source HuggingFaceH4/ultrafeedback_binarized",
+        '"split": "train_prefs"',
+        "--validation HuggingFaceH4/ultrafeedback_binarized",
+        '"validation_split": "test_prefs"',
+        f"--tokenizer {model}",
+        f'"max_length": {config["data"]["max_length"]}',
     ):
         assert argument in prepare["shell"], argument
     assert all(f"--model {model} " in job["shell"] for job in jobs if job["rule"] == "ref_logps")
@@ -158,9 +177,19 @@ def test_gpu_example_reads_hub_model_and_ultrafeedback_splits(name, plan):
 
 
 # Every rule that loads a model, by the config section its resources come from.
-MODEL_RULES = {"ref_logps": "scoring", "score": "scoring", "reward_margin": "scoring", "heldout_logps": "scoring",
-               "val_grad": "scoring", "influence": "scoring", "warmup": "training", "aux": "training",
-               "final": "training", "group_train": "training", "sample": "evaluation"}
+MODEL_RULES = {
+    "ref_logps": "scoring",
+    "score": "scoring",
+    "reward_margin": "scoring",
+    "heldout_logps": "scoring",
+    "val_grad": "scoring",
+    "influence": "scoring",
+    "warmup": "training",
+    "aux": "training",
+    "final": "training",
+    "group_train": "training",
+    "sample": "evaluation",
+}
 
 
 @pytest.mark.parametrize("name", ["llama31_8b_ultrafeedback", "qwen3_8b_ultrafeedback", "llama31_8b_lora_auto"])
@@ -172,9 +201,21 @@ def test_on_slurm_every_model_job_of_a_gpu_example_gets_gpus_memory_cpus_and_the
     config = load(str(example))
     (tmp_path / "config").mkdir()
     shutil.copyfile(REPO / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
-    command = [sys.executable, "-c", OFFLINE_SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory",
-               str(tmp_path), "--configfile", str(example), "--profile", str(REPO / "profiles" / "slurm"),
-               "--dry-run", "--printshellcmds"]
+    command = [
+        sys.executable,
+        "-c",
+        OFFLINE_SNAKEMAKE,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(example),
+        "--profile",
+        str(REPO / "profiles" / "slurm"),
+        "--dry-run",
+        "--printshellcmds",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PREFSELECT_GPU_PARTITION": "gpu-a100"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -196,4 +237,5 @@ def test_on_slurm_every_model_job_of_a_gpu_example_gets_gpus_memory_cpus_and_the
         assert f" --gpus {settings['gpus']} " in job["shell"], job
     assert {"ref_logps", "score", "warmup", "aux", "final", "sample"} <= seen
     assert ("evaluate" in seen) == judge_model and ("reward_margin" in seen) == any(
-        spec["kind"] == "external" and "reward_model" in spec for spec in config["selectors"].values())
+        spec["kind"] == "external" and "reward_model" in spec for spec in config["selectors"].values()
+    )

@@ -32,8 +32,10 @@ def awkward_jsonl(path: Path) -> str:
         text = json.dumps(row, ensure_ascii=i % 2 == 0, separators=(",", ":") if i % 3 else (", ", ": "))
         text = text.replace('"1.50"', "1.50")  # a float spelled as no JSON writer spells it
         if i % 5 == 0:
-            text = json.dumps(dict(reversed(list(json.loads(text).items()))), ensure_ascii=False).replace(
-                "1.5", "1.50") + "  \r"
+            text = (
+                json.dumps(dict(reversed(list(json.loads(text).items()))), ensure_ascii=False).replace("1.5", "1.50")
+                + "  \r"
+            )
         lines.append(text.encode())
     lines[0] = codecs.BOM_UTF8 + lines[0]
     lines[7:7] = [b"", b"{not json", lines[3], json.dumps({**good_row(40), "chosen": "   "}).encode()]
@@ -44,8 +46,16 @@ def awkward_jsonl(path: Path) -> str:
 def typed_parquet(path: Path) -> str:
     """Standard rows with an id column of their own (integers) and columns of parquet types."""
     rows = [{"id": 100 + i, **good_row(i), "weight": i / 4, "tags": list(range(i % 3))} for i in range(30)]
-    schema = pa.schema([("id", pa.int64()), ("prompt", pa.string()), ("chosen", pa.string()),
-                        ("rejected", pa.string()), ("weight", pa.float32()), ("tags", pa.list_(pa.int16()))])
+    schema = pa.schema(
+        [
+            ("id", pa.int64()),
+            ("prompt", pa.string()),
+            ("chosen", pa.string()),
+            ("rejected", pa.string()),
+            ("weight", pa.float32()),
+            ("tags", pa.list_(pa.int16())),
+        ]
+    )
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
     return str(path)
 
@@ -90,18 +100,43 @@ def select_and_export(tmp_path: Path, source: str, tok: str) -> dict[str, tuple[
     prepare(source, str(data), tokenizer=tok, max_length=64)
     train = pd.read_parquet(data / "train.parquet")
     rng = np.random.default_rng(0)
-    scores = pd.DataFrame({"id": train["id"], "lossdiff": rng.normal(size=len(train)),
-                           "irm": rng.normal(size=len(train))}).sample(frac=1, random_state=1)
+    scores = pd.DataFrame(
+        {"id": train["id"], "lossdiff": rng.normal(size=len(train)), "irm": rng.normal(size=len(train))}
+    ).sample(frac=1, random_state=1)
     scores.to_parquet(tmp_path / "scores.parquet")
     done = {}
     for name, spec in (("band", BAND), ("like", LIKE), ("full", FULL)):
         selection = tmp_path / f"selection/{name}.parquet"
         like = ["--like", str(tmp_path / "selection/band.parquet")] if "like" in spec else []
-        main(["select", "--selector", name, *config_arg(selectors={"band": BAND, name: spec}), "--scores",
-              str(tmp_path / "scores.parquet"), "--data", str(data / "train.parquet"), *like, "--out", str(selection)])
+        main(
+            [
+                "select",
+                "--selector",
+                name,
+                *config_arg(selectors={"band": BAND, name: spec}),
+                "--scores",
+                str(tmp_path / "scores.parquet"),
+                "--data",
+                str(data / "train.parquet"),
+                *like,
+                "--out",
+                str(selection),
+            ]
+        )
         out = tmp_path / f"selected/{name}"
-        main(["export", "--selection", str(selection), "--source", source, "--out-jsonl", f"{out}.jsonl",
-              "--out-parquet", f"{out}.parquet"])
+        main(
+            [
+                "export",
+                "--selection",
+                str(selection),
+                "--source",
+                source,
+                "--out-jsonl",
+                f"{out}.jsonl",
+                "--out-parquet",
+                f"{out}.parquet",
+            ]
+        )
         kept = pd.read_parquet(selection)
         done[name] = set(kept.loc[kept["selected"], "id"]), out
     return done
@@ -124,7 +159,7 @@ def test_the_export_holds_the_input_rows_of_the_kept_ids_in_input_order(tmp_path
         if suffix == ".jsonl":  # byte for byte, the id put first where the input has none
             for line, (row_id, raw) in zip(lines, expected.items(), strict=True):
                 prefix = f'{{"id": "{row_id}", '.encode()
-                assert line.startswith(prefix) and b"{" + line[len(prefix):] == raw, name
+                assert line.startswith(prefix) and b"{" + line[len(prefix) :] == raw, name
             assert table.to_pylist() == [{"id": i, **json.loads(raw)} for i, raw in expected.items()], name
         else:
             assert [json.loads(line) for line in lines] == list(expected.values()), name
@@ -141,8 +176,19 @@ def test_a_kept_id_the_source_lacks_is_an_error_naming_it(tmp_path, tok_path, ca
     selection = tmp_path / "selection.parquet"
     pd.DataFrame({"id": [content_id(conv_row(0)), "gone"], "selected": [True, True]}).to_parquet(selection)
     with pytest.raises(SystemExit):
-        main(["export", "--selection", str(selection), "--source", source, "--out-jsonl", str(tmp_path / "o.jsonl"),
-              "--out-parquet", str(tmp_path / "o.parquet")])
+        main(
+            [
+                "export",
+                "--selection",
+                str(selection),
+                "--source",
+                source,
+                "--out-jsonl",
+                str(tmp_path / "o.jsonl"),
+                "--out-parquet",
+                str(tmp_path / "o.parquet"),
+            ]
+        )
     err = capsys.readouterr().err
     assert "keeps id 'gone'" in err and source in err
     assert not (tmp_path / "o.jsonl").exists()

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import completion_tokens, config_arg, loop_logps
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import completion_tokens, config_arg, loop_logps
 from prefselect.cli import main
 from prefselect.external import alignment_potential, column_score, external_scores
 from prefselect.logps import completion_lengths
@@ -44,9 +44,12 @@ def test_external_selector_keeps_the_target_share_of_the_best_rated():
 
 
 def test_reward_margin_is_the_difference_of_single_forward_passes(reward_model):
-    train = numbered(4, prompt=["The film", "A plot", "It", "The cast"],
-                     chosen=[" was fun!", " so bad", " is great!", " was a joy to watch from start to finish"],
-                     rejected=[" was dull.", " so good!", " is!", " shone"])
+    train = numbered(
+        4,
+        prompt=["The film", "A plot", "It", "The cast"],
+        chosen=[" was fun!", " so bad", " is great!", " was a joy to watch from start to finish"],
+        rejected=[" was dull.", " so good!", " is!", " shone"],
+    )
     margin = external_scores(train, {"kind": "external", "reward_model": reward_model})["external"].to_numpy()
     model = AutoModelForSequenceClassification.from_pretrained(reward_model).eval()
     tokenizer = AutoTokenizer.from_pretrained(reward_model)
@@ -64,9 +67,18 @@ def test_external_score_step_writes_one_row_per_pair(tmp_path):
     train = numbered(5, prompt="p", chosen="c", rejected="r", rating=[1, 2, 3, 4, 5])
     train.to_parquet(tmp_path / "train.parquet")
     out = tmp_path / "external.parquet"
-    main(["external-score", "--selector", "rated",
-          *config_arg(selectors={"rated": {"kind": "external", "column": "rating", "fraction": 0.5}}),
-          "--data", str(tmp_path / "train.parquet"), "--out", str(out)])
+    main(
+        [
+            "external-score",
+            "--selector",
+            "rated",
+            *config_arg(selectors={"rated": {"kind": "external", "column": "rating", "fraction": 0.5}}),
+            "--data",
+            str(tmp_path / "train.parquet"),
+            "--out",
+            str(out),
+        ]
+    )
     assert pd.read_parquet(out).to_dict("list") == {"id": train["id"].tolist(), "external": [1.0, 2, 3, 4, 5]}
 
 
@@ -74,8 +86,14 @@ def test_alignment_potential_is_a_hand_computation():
     """m_ext = [1, −1, 1, −1] has mean 0 and standard deviation 1, so z(m_ext) = m_ext. The SFT model's mean
     per-token log-probs differ by ℓ̄(chosen) − ℓ̄(rejected) = [−2, 0, 0, 2]: absolute [2, 0, 0, 2], z = [1, −1, −1, 1]
     (a gap of −2 counts as much as one of 2). AP = z(m_ext) − w·z(gap)."""
-    sft = pd.DataFrame({"chosen_logp": [-6.0, -8, -15, -2], "chosen_tokens": [2, 4, 5, 1],
-                        "rejected_logp": [-1.0, -4, -15, -12], "rejected_tokens": [1, 2, 5, 3]})
+    sft = pd.DataFrame(
+        {
+            "chosen_logp": [-6.0, -8, -15, -2],
+            "chosen_tokens": [2, 4, 5, 1],
+            "rejected_logp": [-1.0, -4, -15, -12],
+            "rejected_tokens": [1, 2, 5, 3],
+        }
+    )
     margin = np.array([1.0, -1, 1, -1])
     np.testing.assert_allclose(alignment_potential(margin, sft, weight=1), [0, 0, 2, -2])
     np.testing.assert_allclose(alignment_potential(margin, sft, weight=0.5), [0.5, -0.5, 1.5, -1.5])
@@ -106,14 +124,25 @@ def test_alignment_potential_step_reads_the_sft_models_log_probs(tiny_lm, pairs,
     sft = loop_logps(tiny_lm, pairs, 64)
     sft.to_parquet(tmp_path / "ref.parquet")
     spec = {"kind": "alignment_potential", "column": "rating", "weight": 1, "fraction": 0.4}
-    argv = ["external-score", "--selector", "ap", *config_arg(selectors={"ap": spec}, data={"max_length": 64}),
-            "--data", str(tmp_path / "train.parquet"), "--out", str(tmp_path / "ap.parquet")]
+    argv = [
+        "external-score",
+        "--selector",
+        "ap",
+        *config_arg(selectors={"ap": spec}, data={"max_length": 64}),
+        "--data",
+        str(tmp_path / "train.parquet"),
+        "--out",
+        str(tmp_path / "ap.parquet"),
+    ]
     with pytest.raises(SystemExit):
         main(argv)  # without the SFT model's log-probs
     main([*argv, "--ref", str(tmp_path / "ref.parquet"), "--tokenizer", tiny_lm])
     tokens = completion_tokens(tiny_lm, pairs)
     mean_gap = np.abs(sft["chosen_logp"] / tokens["chosen"] - sft["rejected_logp"] / tokens["rejected"]).to_numpy()
-    z = lambda x: (x - x.mean()) / x.std()
+
+    def z(x):
+        return (x - x.mean()) / x.std()
+
     expected = z(rated["rating"].to_numpy()) - z(mean_gap)
     np.testing.assert_allclose(pd.read_parquet(tmp_path / "ap.parquet")["ap"], expected, rtol=1e-6)
 

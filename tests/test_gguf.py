@@ -18,6 +18,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from conftest import SENTENCES, build_tiny_lm, config_arg
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from prefselect.cli import main
@@ -25,16 +26,16 @@ from prefselect.config import ConfigError, validate
 from prefselect.fetch import fetch_file
 from prefselect.gguf import convert, load_gguf
 
-from conftest import SENTENCES, build_tiny_lm, config_arg
-
 CHAT_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
 GGUF_NAME = "tiny-llama.F32.gguf"
 
 
 def _permute(weights: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's layout of a query or key projection (transformers' GGUF reader undoes it)."""
-    return weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(
-        weights.shape
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
     )
 
 
@@ -43,9 +44,18 @@ def write_tiny_gguf(folder: Path) -> tuple[Path, LlamaForCausalLM, object]:
     tokenizer = AutoTokenizer.from_pretrained(build_tiny_lm(folder / "tokenizer_source"))
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():  # random norms, so that a swapped or dropped norm weight changes the logits
@@ -136,8 +146,14 @@ def test_cli_converts_a_wheel_holding_the_gguf(tiny_gguf, tmp_path):
         zf.write(path, f"tiny_model/{GGUF_NAME}")
         zf.writestr("tiny_model/__init__.py", "")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    main(["gguf-model", *config_arg(model={"gguf": {"local_copy": str(wheel), "file": GGUF_NAME, "sha256": digest}}),
-          "--out", str(tmp_path / "sft")])
+    main(
+        [
+            "gguf-model",
+            *config_arg(model={"gguf": {"local_copy": str(wheel), "file": GGUF_NAME, "sha256": digest}}),
+            "--out",
+            str(tmp_path / "sft"),
+        ]
+    )
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "sft").config.num_hidden_layers == 2
 
 

@@ -38,9 +38,11 @@ def holders():
 
     def start() -> subprocess.Popen:
         env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
-        started.append(subprocess.Popen(
-            [sys.executable, "-c", HOLD_ONE_GPU], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-        ))
+        started.append(
+            subprocess.Popen(
+                [sys.executable, "-c", HOLD_ONE_GPU], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            )
+        )
         return started[-1]
 
     yield start

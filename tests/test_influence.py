@@ -4,19 +4,29 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import dpo_settings, influence_settings
 from torch.func import vmap
 
 from prefselect.agreement import agreement, agreement_figure, agreement_markdown, overlap, stage_seconds, symmetric_band
 from prefselect.config import ConfigError, validate
 from prefselect.groups import curves_figure, group_report, groups_markdown, influence_groups
 from prefselect.influence import (
-    differentiable_model, influence, join_influence, load_val_grad, pair_batches, pair_loss_fn,
-    per_pair_gradients, project, projection_kernel, save_val_grad, selected_parameters, validation_gradient,
+    differentiable_model,
+    influence,
+    join_influence,
+    load_val_grad,
+    pair_batches,
+    pair_loss_fn,
+    per_pair_gradients,
+    project,
+    projection_kernel,
+    save_val_grad,
+    selected_parameters,
+    validation_gradient,
 )
 from prefselect.logps import pair_logps
 from prefselect.models import load_model, load_tokenizer
 from prefselect.training import build_trainer, with_ref_logps
-from conftest import dpo_settings, influence_settings
 
 
 @pytest.fixture
@@ -82,7 +92,7 @@ def test_one_sgd_step_on_a_pair_changes_the_validation_loss_by_minus_lr_times_it
     before = mean_loss(model, params, val, ref, tokenizer, settings)
     lr = 1e-4
     for i in range(len(train)):
-        (_, batch), = pair_batches(train.iloc[[i]], ref, tokenizer, settings, "cpu")
+        ((_, batch),) = pair_batches(train.iloc[[i]], ref, tokenizer, settings, "cpu")
         step = per_pair_gradients(loss, params, batch)
         after = mean_loss(model, {n: p - lr * step[n][0] for n, p in params.items()}, val, ref, tokenizer, settings)
         assert after - before == pytest.approx(-lr * scores[i], rel=0.02, abs=1e-9)
@@ -177,11 +187,17 @@ def synthetic():
     rng = np.random.default_rng(0)
     n = 400
     lossdiff = rng.normal(size=n)
-    return pd.DataFrame({
-        "id": [f"p{i}" for i in range(n)], "lossdiff": lossdiff, "irm": rng.normal(size=n),
-        "aux_irm": rng.normal(size=n), "influence": lossdiff + 0.3 * rng.normal(size=n),
-        "flipped": rng.random(n) < 0.3, "oracle_margin": rng.normal(size=n),
-    })
+    return pd.DataFrame(
+        {
+            "id": [f"p{i}" for i in range(n)],
+            "lossdiff": lossdiff,
+            "irm": rng.normal(size=n),
+            "aux_irm": rng.normal(size=n),
+            "influence": lossdiff + 0.3 * rng.normal(size=n),
+            "flipped": rng.random(n) < 0.3,
+            "oracle_margin": rng.normal(size=n),
+        }
+    )
 
 
 def test_agreement_report_on_a_synthetic_table(synthetic, tmp_path):
@@ -198,10 +214,14 @@ def test_agreement_report_on_a_synthetic_table(synthetic, tmp_path):
     benchmark = "s\th:m:s\tmax_rss\tcpu_time\n{}\t0:00:01\t100\t{}\n"
     for name, seconds in (("score0", 2.0), ("score1", 3.0), ("aux", 1.0), ("influence0", 20.0), ("val_grad", 4.0)):
         (tmp_path / f"{name}.tsv").write_text(benchmark.format(seconds, seconds / 2))
-    report["seconds"] = stage_seconds({
-        "aux": [tmp_path / "aux.tsv"], "score": [tmp_path / "score0.tsv", tmp_path / "score1.tsv"],
-        "val_grad": [tmp_path / "val_grad.tsv"], "influence": [tmp_path / "influence0.tsv"],
-    })
+    report["seconds"] = stage_seconds(
+        {
+            "aux": [tmp_path / "aux.tsv"],
+            "score": [tmp_path / "score0.tsv", tmp_path / "score1.tsv"],
+            "val_grad": [tmp_path / "val_grad.tsv"],
+            "influence": [tmp_path / "influence0.tsv"],
+        }
+    )
     assert report["seconds"]["stages"]["score"] == {"wall": 5.0, "cpu": 2.5}
     assert report["seconds"]["influence_over_proxies"] == {"wall": pytest.approx(4), "cpu": pytest.approx(4)}
     markdown = agreement_markdown(report)
@@ -216,8 +236,9 @@ def test_groups_are_if_terciles_with_their_ground_truth_and_curves(synthetic, tm
     assert (kept.sum(0) == 1).all() and abs(kept.sum(1) - len(synthetic) / 3).max() <= 1
     log = [{"step": s, "eval_loss": 0.7 - s / 100, "eval_rewards/margins": s / 10} for s in (0, 5, 10)]
     log.append({"loss": 0.6, "step": 10})  # a training entry, not part of the curve
-    report = group_report(synthetic.drop(columns="influence"), selections, synthetic[["id", "influence"]],
-                          {g: log for g in selections})
+    report = group_report(
+        synthetic.drop(columns="influence"), selections, synthetic[["id", "influence"]], {g: log for g in selections}
+    )
     assert report["small"]["influence_range"][1] < report["medium"]["influence_range"][0]
     assert report["medium"]["influence_range"][1] < report["large"]["influence_range"][0]
     truth = synthetic.set_index("id").loc[selections["large"].query("selected")["id"]]

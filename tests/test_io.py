@@ -18,14 +18,14 @@ from prefselect.io import write_parquet
 REPO = Path(__file__).resolve().parents[1]
 # Loaded by the killed job's interpreter (sitecustomize): when the job is about to rename its complete temporary
 # file onto the output, the worst moment for a kill, it says so and waits to be killed.
-PAUSE_AT_RENAME = '''
+PAUSE_AT_RENAME = """
 import os, sys, time
 _replace = os.replace
 def _pause(src, dst, *args, **kwargs):
     print(f"renaming {src} -> {dst}", flush=True)
     time.sleep(600)
 os.replace = _pause
-'''
+"""
 
 
 def test_a_failed_write_leaves_no_partial_file_and_keeps_the_previous_one(tmp_path):
@@ -67,6 +67,7 @@ def test_a_job_killed_inside_its_write_leaves_no_output_and_its_rerun_removes_th
     main(argv)  # the rerun
     assert sorted(p.name for p in out.parent.iterdir()) == [".scores.parquet.bak", "scores.parquet"]
     main([*argv[:-1], str(tmp_path / "uninterrupted.parquet")])
-    pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(tmp_path / "uninterrupted.parquet"),
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out), pd.read_parquet(tmp_path / "uninterrupted.parquet"), check_exact=True
+    )
     assert provenance.read(out) == provenance.read(tmp_path / "uninterrupted.parquet")

@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pandas as pd
 import pytest
+from conftest import config_arg
 from transformers import AutoTokenizer
 
-from conftest import build_tiny_lm, config_arg
 from prefselect import judges
 from prefselect.cli import main
 from prefselect.evaluation import win_rate, win_rates
@@ -68,8 +68,13 @@ def endpoint():
 def llm(endpoint, monkeypatch) -> dict:
     monkeypatch.setenv("JUDGE_KEY", KEY)
     monkeypatch.setattr(judges, "BACKOFF_S", 0.0)
-    return {"kind": "llm", "model": "judge-model", "base_url": endpoint.url, "api_key_env": "JUDGE_KEY",
-            "timeout_s": 0.2}
+    return {
+        "kind": "llm",
+        "model": "judge-model",
+        "base_url": endpoint.url,
+        "api_key_env": "JUDGE_KEY",
+        "timeout_s": 0.2,
+    }
 
 
 def asked(endpoint) -> list[tuple[str, str, str]]:
@@ -98,10 +103,21 @@ def test_position_bias_cancels(endpoint, llm):
     assert verdicts.malformed.tolist() == [0, 0]
 
 
-@pytest.mark.parametrize("answer, choice", [
-    ("A", "A"), (" b.\n", "B"), ("**Response A**", "A"), ("Answer: B", "B"), ("Response B is better.", "B"),
-    ("(a)", "A"), ("A or B", None), ("Both are fine", None), ("I think A", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "answer, choice",
+    [
+        ("A", "A"),
+        (" b.\n", "B"),
+        ("**Response A**", "A"),
+        ("Answer: B", "B"),
+        ("Response B is better.", "B"),
+        ("(a)", "A"),
+        ("A or B", None),
+        ("Both are fine", None),
+        ("I think A", None),
+        ("", None),
+    ],
+)
 def test_answers_are_parsed_tolerantly(answer, choice):
     assert judges._parse_choice(answer) == choice
 
@@ -135,10 +151,25 @@ def write_evaluation_inputs(tmp_path) -> list[str]:
     for name, continuations in samples.items():
         frame = pd.DataFrame({"prompt_index": [0, 1], "sample": [0, 0], "continuation": continuations})
         frame.to_parquet(tmp_path / f"{name}.parquet")
-    return ["evaluate", "--names", "m", "--selections", str(tmp_path / "sel.parquet"),
-            "--samples", str(tmp_path / "model.parquet"), "--opponent", str(tmp_path / "opponent.parquet"),
-            "--prompts", str(tmp_path / "prompts.jsonl"), "--data", str(tmp_path / "train.parquet"),
-            "--out-json", str(tmp_path / "results.json"), "--out-md", str(tmp_path / "results.md")]
+    return [
+        "evaluate",
+        "--names",
+        "m",
+        "--selections",
+        str(tmp_path / "sel.parquet"),
+        "--samples",
+        str(tmp_path / "model.parquet"),
+        "--opponent",
+        str(tmp_path / "opponent.parquet"),
+        "--prompts",
+        str(tmp_path / "prompts.jsonl"),
+        "--data",
+        str(tmp_path / "train.parquet"),
+        "--out-json",
+        str(tmp_path / "results.json"),
+        "--out-md",
+        str(tmp_path / "results.md"),
+    ]
 
 
 def test_evaluate_step_reports_malformed_answers_and_never_the_key(endpoint, llm, tmp_path, caplog, capfd):
@@ -157,6 +188,7 @@ def test_evaluate_step_reports_malformed_answers_and_never_the_key(endpoint, llm
 
 
 # Reward model ---------------------------------------------------------------------------------------------------
+
 
 def test_reward_model_judge_prefers_the_higher_reward(reward_model):
     judge = {"kind": "reward_model", "model": reward_model, "batch_size": 2}  # batches of unequal lengths: padding
@@ -182,17 +214,20 @@ def test_reward_model_renders_a_chat_prompt_with_the_chat_template(reward_model)
 
 
 def test_vader_judge_prefers_the_positive_continuation():
-    verdicts = compare("vader", ["The movie", "The movie"], [" was wonderful, I loved it", " was awful"],
-                       [" was awful and boring", " was awful"])
+    verdicts = compare(
+        "vader",
+        ["The movie", "The movie"],
+        [" was wonderful, I loved it", " was awful"],
+        [" was awful and boring", " was awful"],
+    )
     assert verdicts.outcome.tolist() == [1.0, 0.5]
     assert verdicts.malformed.tolist() == [0, 0]
 
 
 def test_win_rates_pair_samples_and_cluster_the_interval_by_prompt():
-    opponent = pd.DataFrame({"prompt_index": [0, 0, 1, 1], "sample": [0, 1, 0, 1],
-                             "continuation": [" was bad"] * 4})
+    opponent = pd.DataFrame({"prompt_index": [0, 0, 1, 1], "sample": [0, 1, 0, 1], "continuation": [" was bad"] * 4})
     model = opponent.assign(continuation=[" was great", " was great", " was bad", " was bad, awful and horrible"])
     rates = win_rates("vader", ["It", "This"], {"m": model.iloc[::-1]}, opponent)["m"]  # row order does not matter
     assert rates == {**win_rate([1.0, 1.0, 0.5, 0.0], [0, 0, 1, 1]), "malformed": 0}
-    half_width = 1.96 * pd.Series([1.0, 0.25]).std() / 2 ** 0.5  # over the two per-prompt means
+    half_width = 1.96 * pd.Series([1.0, 0.25]).std() / 2**0.5  # over the two per-prompt means
     assert rates["win_rate"] == 0.625 and rates["ci_high"] == pytest.approx(0.625 + half_width)

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import config_arg, loop_logps, make_pairs
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import config_arg, loop_logps, make_pairs
 from prefselect.cli import main
 from prefselect.config import ConfigError, validate
 from prefselect.evaluation import likelihood_win_rates
@@ -43,8 +43,13 @@ def test_likelihood_win_rate_matches_a_plain_loop(tiny_lm, tiny_lm_other, heldou
     assert 0 < won.mean() < 1  # both outcomes occur, so the check can fail
     half = 1.96 * won.std(ddof=1) / np.sqrt(len(won))
     expected = {
-        "win_rate": won.mean(), "ci_low": won.mean() - half, "ci_high": won.mean() + half, "n": 16, "malformed": 0,
-        "mean_margin": margin.mean(), "chosen_likelier": (trained.chosen_logp > trained.rejected_logp).mean(),
+        "win_rate": won.mean(),
+        "ci_low": won.mean() - half,
+        "ci_high": won.mean() + half,
+        "n": 16,
+        "malformed": 0,
+        "mean_margin": margin.mean(),
+        "chosen_likelier": (trained.chosen_logp > trained.rejected_logp).mean(),
         "opponent_chosen_likelier": (sft.chosen_logp > sft.rejected_logp).mean(),
     }
     assert ours["trained"] == pytest.approx(expected, abs=1e-5)  # float32 logits, in another order
@@ -70,10 +75,27 @@ def test_evaluate_step_with_the_likelihood_judge(tmp_path, heldout, logps):
     half = len(heldout) // 2  # the opponent's log-probs come in shards, as `ref_logps` writes them
     logps["sft"].iloc[:half].to_parquet(tmp_path / "ref-0.parquet")
     logps["sft"].iloc[half:].to_parquet(tmp_path / "ref-1.parquet")
-    main(["evaluate", "--names", "sel", "--selections", str(tmp_path / "selection.parquet"),
-          "--samples", str(paths["trained"]), "--opponent", str(tmp_path / "ref-0.parquet"),
-          str(tmp_path / "ref-1.parquet"), "--data", str(tmp_path / "train.parquet"), *config_arg(evaluation={"judge": "likelihood"}),
-          "--out-json", str(tmp_path / "results.json"), "--out-md", str(tmp_path / "results.md")])
+    main(
+        [
+            "evaluate",
+            "--names",
+            "sel",
+            "--selections",
+            str(tmp_path / "selection.parquet"),
+            "--samples",
+            str(paths["trained"]),
+            "--opponent",
+            str(tmp_path / "ref-0.parquet"),
+            str(tmp_path / "ref-1.parquet"),
+            "--data",
+            str(tmp_path / "train.parquet"),
+            *config_arg(evaluation={"judge": "likelihood"}),
+            "--out-json",
+            str(tmp_path / "results.json"),
+            "--out-md",
+            str(tmp_path / "results.md"),
+        ]
+    )
     results = json.loads((tmp_path / "results.json").read_text())
     expected = likelihood_win_rates({"sel": logps["trained"]}, logps["sft"])["sel"]
     assert results["judge"]["kind"] == "likelihood" and results["opponent"] == "sft"

@@ -12,15 +12,28 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import (config_arg, dpo_settings, influence_settings, kill_at_first_checkpoint, made_up_run, make_pairs,
-                      one_torch_thread)
+from conftest import (
+    config_arg,
+    dpo_settings,
+    influence_settings,
+    kill_at_first_checkpoint,
+    made_up_run,
+    make_pairs,
+    one_torch_thread,
+)
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from prefselect import provenance
 from prefselect.cli import main
 from prefselect.config import ConfigError, validate
-from prefselect.influence import differentiable_model, pair_batches, pair_loss_fn, per_pair_gradients, selected_parameters
+from prefselect.influence import (
+    differentiable_model,
+    pair_batches,
+    pair_loss_fn,
+    per_pair_gradients,
+    selected_parameters,
+)
 from prefselect.logps import pair_logps
 from prefselect.lora import base_of, recorded_base, require_peft
 from prefselect.models import load_model, load_tokenizer
@@ -86,11 +99,13 @@ def test_a_lora_run_saves_an_adapter_that_names_its_base_and_changes_no_base_wei
             assert value.abs().max() > 0, name
 
 
-def test_base_plus_adapter_gives_the_log_probs_of_the_merged_model_and_not_of_the_base(tiny_lm, warmup, pairs,
-                                                                                        tmp_path):
+def test_base_plus_adapter_gives_the_log_probs_of_the_merged_model_and_not_of_the_base(
+    tiny_lm, warmup, pairs, tmp_path
+):
     with_adapter = logps_of(warmup, pairs)
-    np.testing.assert_allclose(with_adapter, logps_of(merged(warmup, tmp_path / "merged"), pairs),
-                               atol=LOGP_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(
+        with_adapter, logps_of(merged(warmup, tmp_path / "merged"), pairs), atol=LOGP_TOLERANCE, rtol=0
+    )
     assert np.abs(with_adapter - logps_of(tiny_lm, pairs)).max() > 100 * LOGP_TOLERANCE  # the adapter is not dropped
 
 
@@ -100,14 +115,28 @@ def test_scores_of_a_lora_run_come_from_its_adapters(tiny_lm, warmup, pairs, ref
     train_dpo(str(warmup), pairs, ref, str(aux), lora_settings(epochs=1))
     pairs.to_parquet(tmp_path / "pairs.parquet")
     ref.to_parquet(tmp_path / "ref.parquet")
-    main(["score", "--warmup", str(warmup), "--aux", str(aux), "--data", str(tmp_path / "pairs.parquet"),
-          "--ref", str(tmp_path / "ref.parquet"), "--out", str(tmp_path / "scores.parquet"),
-          *config_arg(data={"max_length": 64})])
+    main(
+        [
+            "score",
+            "--warmup",
+            str(warmup),
+            "--aux",
+            str(aux),
+            "--data",
+            str(tmp_path / "pairs.parquet"),
+            "--ref",
+            str(tmp_path / "ref.parquet"),
+            "--out",
+            str(tmp_path / "scores.parquet"),
+            *config_arg(data={"max_length": 64}),
+        ]
+    )
     scores = pd.read_parquet(tmp_path / "scores.parquet").set_index("id").loc[pairs["id"]]
     for prefix, model in (("", warmup), ("aux_", aux)):
         expected = logps_of(merged(model, tmp_path / f"merged-{prefix}"), pairs)
-        np.testing.assert_allclose(scores[[f"{prefix}chosen_logp", f"{prefix}rejected_logp"]].to_numpy(), expected,
-                                   atol=LOGP_TOLERANCE, rtol=0)
+        np.testing.assert_allclose(
+            scores[[f"{prefix}chosen_logp", f"{prefix}rejected_logp"]].to_numpy(), expected, atol=LOGP_TOLERANCE, rtol=0
+        )
     base = logps_of(tiny_lm, pairs)
     assert np.abs(scores[["chosen_logp", "rejected_logp"]].to_numpy() - base).max() > 100 * LOGP_TOLERANCE
 
@@ -135,8 +164,9 @@ def test_merge_writes_a_plain_model_with_the_adapters_log_probs(warmup, pairs, r
     assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
     assert (out / "training_log.json").is_file() and (out / "tokenizer.json").is_file()
     train_dpo(str(warmup), pairs, ref, str(tmp_path / "final-adapter"), settings)
-    np.testing.assert_allclose(logps_of(out, pairs), logps_of(tmp_path / "final-adapter", pairs),
-                               atol=LOGP_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(
+        logps_of(out, pairs), logps_of(tmp_path / "final-adapter", pairs), atol=LOGP_TOLERANCE, rtol=0
+    )
 
 
 def test_only_final_runs_merge():
@@ -166,8 +196,9 @@ def test_an_adapter_loads_from_any_working_directory(warmup, pairs, tmp_path, mo
     monkeypatch.chdir(workdir)
     auto = peft.AutoPeftModelForCausalLM.from_pretrained("results/models/warmup").merge_and_unload()
     loaded = pair_logps(auto, pairs, load_tokenizer("results/models/warmup"), 64)
-    np.testing.assert_allclose(loaded[["chosen_logp", "rejected_logp"]].to_numpy(), expected, atol=LOGP_TOLERANCE,
-                               rtol=0)
+    np.testing.assert_allclose(
+        loaded[["chosen_logp", "rejected_logp"]].to_numpy(), expected, atol=LOGP_TOLERANCE, rtol=0
+    )
 
 
 def test_provenance_fingerprints_an_adapter_with_its_base(warmup, tiny_lm_other, tmp_path):
@@ -181,8 +212,15 @@ def test_provenance_fingerprints_an_adapter_with_its_base(warmup, tiny_lm_other,
 
 
 def test_run_keys_include_the_lora_settings(tiny_lm, pairs, ref):
-    keys = [run_key(tiny_lm, pairs, ref, settings, None, None) for settings in (
-        dpo_settings(), lora_settings(), lora_settings(lora={**LORA, "r": 8}), lora_settings(merge=True))]
+    keys = [
+        run_key(tiny_lm, pairs, ref, settings, None, None)
+        for settings in (
+            dpo_settings(),
+            lora_settings(),
+            lora_settings(lora={**LORA, "r": 8}),
+            lora_settings(merge=True),
+        )
+    ]
     assert len(set(keys[:3])) == 3
     assert keys[3] == keys[1]  # merging changes how the model is written, not the run it resumes
 
@@ -214,10 +252,18 @@ def tiny_llama(folder: Path, tokenizer_from: str) -> str:
     """A randomly initialised ~20k-parameter Llama (SmolLM2's architecture) with the tiny LM's tokenizer."""
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True,
-    ))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=64,
+            tie_word_embeddings=True,
+        )
+    )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
@@ -228,11 +274,19 @@ def test_a_llama_trains_an_adapter_on_every_linear_layer_and_loads_it(tiny_lm, p
     ref = pair_logps(load_model(llama), pairs, load_tokenizer(llama), 64)
     train_dpo(llama, pairs, ref, str(tmp_path / "adapter"), lora_settings())
     saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
-    assert {name.split(".")[-3] for name in saved} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                        "up_proj", "down_proj"}
+    assert {name.split(".")[-3] for name in saved} == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     with_adapter = logps_of(tmp_path / "adapter", pairs)
-    np.testing.assert_allclose(with_adapter, logps_of(merged(tmp_path / "adapter", tmp_path / "merged"), pairs),
-                               atol=LOGP_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(
+        with_adapter, logps_of(merged(tmp_path / "adapter", tmp_path / "merged"), pairs), atol=LOGP_TOLERANCE, rtol=0
+    )
     assert np.abs(with_adapter - ref[["chosen_logp", "rejected_logp"]].to_numpy()).max() > 100 * LOGP_TOLERANCE
 
 
@@ -242,16 +296,36 @@ def test_a_killed_lora_run_resumes_from_its_last_checkpoint_and_ends_as_an_unint
     spec = {**LORA, "dropout": 0.1}
     steps = 2 * 48 // 2
     with one_torch_thread():  # as the command below
-        train_dpo(tiny_lm, pairs, ref, str(tmp_path / "uninterrupted"),
-                  dpo_settings(batch_size=2, epochs=2, max_length=48, learning_rate=1e-2, lora=spec))
+        train_dpo(
+            tiny_lm,
+            pairs,
+            ref,
+            str(tmp_path / "uninterrupted"),
+            dpo_settings(batch_size=2, epochs=2, max_length=48, learning_rate=1e-2, lora=spec),
+        )
 
     out, checkpoints = tmp_path / "models" / "warmup", tmp_path / "checkpoints" / "warmup"
     command = [
-        sys.executable, "-m", "prefselect", "--threads", "1", "train", "--model", tiny_lm,
-        "--data", str(tmp_path / "pairs.parquet"), "--ref", str(tmp_path / "ref.parquet"),
-        *config_arg(training={"batch_size": 2, "warmup_epochs": 2, "save_steps": 5, "learning_rate": 1e-2,
-                              "lora": spec}, data={"max_length": 48}),
-        "--checkpoint-dir", str(checkpoints), "--out", str(out),
+        sys.executable,
+        "-m",
+        "prefselect",
+        "--threads",
+        "1",
+        "train",
+        "--model",
+        tiny_lm,
+        "--data",
+        str(tmp_path / "pairs.parquet"),
+        "--ref",
+        str(tmp_path / "ref.parquet"),
+        *config_arg(
+            training={"batch_size": 2, "warmup_epochs": 2, "save_steps": 5, "learning_rate": 1e-2, "lora": spec},
+            data={"max_length": 48},
+        ),
+        "--checkpoint-dir",
+        str(checkpoints),
+        "--out",
+        str(out),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
     kill_at_first_checkpoint(command, env, checkpoints)
@@ -271,14 +345,17 @@ def test_a_killed_lora_run_resumes_from_its_last_checkpoint_and_ends_as_an_unint
     assert not checkpoints.exists()
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("r", 0, "config key training.lora.r: 0 is less than the minimum of 1"),
-    ("alpha", 0, "config key training.lora.alpha: 0 is less than or equal to the minimum of 0"),
-    ("dropout", 1, "config key training.lora.dropout: 1 is greater than or equal to the maximum of 1"),
-    ("target_modules", 5, "config key training.lora.target_modules: 5 is not valid"),
-    ("target_modules", [], "config key training.lora.target_modules"),
-    ("rank", 8, "config key training.lora: Additional properties are not allowed"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("r", 0, "config key training.lora.r: 0 is less than the minimum of 1"),
+        ("alpha", 0, "config key training.lora.alpha: 0 is less than or equal to the minimum of 0"),
+        ("dropout", 1, "config key training.lora.dropout: 1 is greater than or equal to the maximum of 1"),
+        ("target_modules", 5, "config key training.lora.target_modules: 5 is not valid"),
+        ("target_modules", [], "config key training.lora.target_modules"),
+        ("rank", 8, "config key training.lora: Additional properties are not allowed"),
+    ],
+)
 def test_bad_lora_settings_are_errors_that_name_the_key(key, value, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate({"demo": {"enabled": True}, "training": {"lora": {key: value}}})

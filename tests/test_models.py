@@ -41,7 +41,9 @@ def test_a_folder_with_a_tokenizer_only(tmp_path, tiny_lm, capsys):
 def test_a_bert_folder_is_not_a_causal_lm(tmp_path, capsys):
     # transformers would load it as a BertLMHeadModel, with an LM head it initialises at random.
     folder = tmp_path / "bert"
-    config = BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    config = BertConfig(
+        vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
     BertForMaskedLM(config).save_pretrained(folder)
     error = cli_error(capsys, tmp_path, str(folder))
     assert f"{str(folder)!r} holds a BertForMaskedLM, not a causal language model" in error
@@ -58,7 +60,9 @@ def test_a_reward_model_is_not_a_causal_lm_nor_a_causal_lm_a_reward_model(tmp_pa
     config = json.loads((folder / "config.json").read_text())
     del config["architectures"]
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"lack 1 parameters of GPT2ForSequenceClassification, e.g. \['score.weight'\]"):
+    with pytest.raises(
+        ValueError, match=r"lack 1 parameters of GPT2ForSequenceClassification, e.g. \['score.weight'\]"
+    ):
         load_model(str(folder), auto_class=AutoModelForSequenceClassification)
 
 
@@ -88,11 +92,18 @@ def test_remote_code_is_not_run_unless_allowed(tmp_path, capsys):
     folder.mkdir()
     marker = tmp_path / "ran"
     (folder / "configuration_custom.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "custom", "architectures": ["CustomForCausalLM"],
-        "auto_map": {"AutoConfig": "configuration_custom.CustomConfig",
-                     "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"},
-    }))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "custom",
+                "architectures": ["CustomForCausalLM"],
+                "auto_map": {
+                    "AutoConfig": "configuration_custom.CustomConfig",
+                    "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM",
+                },
+            }
+        )
+    )
     error = cli_error(capsys, tmp_path, str(folder))
     assert f"cannot read a model config from {str(folder)!r}" in error and "trust_remote_code" in error
     assert not marker.exists()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,9 +19,10 @@ def write_corpus(folder, rated=RATED, long_text: str | None = None):
     texts = {key: f"text {key} is short" for key in rated}
     if long_text:
         texts["a0"] = long_text
-    (folder / "texts.txt").write_bytes("".join(f"{k}\t{np.mean(r)}\t{texts[k]}\r\n" for k, r in rated.items())
-                                      .encode())
-    lines = "".join(f"{k}\t{np.mean(r)}\t{np.std(r)}\t[{', '.join(str(int(x)) for x in r)}]\r\n" for k, r in rated.items())
+    (folder / "texts.txt").write_bytes("".join(f"{k}\t{np.mean(r)}\t{texts[k]}\r\n" for k, r in rated.items()).encode())
+    lines = "".join(
+        f"{k}\t{np.mean(r)}\t{np.std(r)}\t[{', '.join(str(int(x)) for x in r)}]\r\n" for k, r in rated.items()
+    )
     (folder / "ratings.txt").write_bytes(b"\xef\xbb\xbf" + lines.encode())
     return str(folder / "texts.txt"), str(folder / "ratings.txt")
 
@@ -32,10 +31,15 @@ def build(tmp_path, tiny_lm, seed=0, **sizes):
     texts, rating_file = write_corpus(tmp_path, **sizes.pop("corpus", {}))
     ratings.fetch_rated_texts(str(tmp_path / "rated.parquet"), texts, rating_file)
     args = dict(prompt="A review:", n_train=30, n_val=10, n_dev=10, n_test=12, test_min_gap=2.0, max_length=64)
-    stats = ratings.make_rated_pairs(tiny_lm, str(tmp_path / "rated.parquet"), str(tmp_path / "pairs"),
-                                     **{**args, **sizes}, seed=seed)
-    return stats, {name: pd.read_json(tmp_path / "pairs" / f"{name}.jsonl", lines=True, dtype={
-        "chosen_text_id": str, "rejected_text_id": str}) for name in ratings.SPLITS}
+    stats = ratings.make_rated_pairs(
+        tiny_lm, str(tmp_path / "rated.parquet"), str(tmp_path / "pairs"), **{**args, **sizes}, seed=seed
+    )
+    return stats, {
+        name: pd.read_json(
+            tmp_path / "pairs" / f"{name}.jsonl", lines=True, dtype={"chosen_text_id": str, "rejected_text_id": str}
+        )
+        for name in ratings.SPLITS
+    }
 
 
 def test_ratings_are_read_as_written(tmp_path):
@@ -59,8 +63,8 @@ def test_pairs_are_labelled_as_stated(tmp_path, tiny_lm):
         gold = pairs.chosen_text_id.map(means) - pairs.rejected_text_id.map(means)
         np.testing.assert_allclose(pairs.oracle_margin, gold)
         assert (pairs.flipped == (gold < 0)).all()
-        for w, l in zip(pairs.chosen_text_id, pairs.rejected_text_id):  # some draw of one rating each gives the label
-            assert max(RATED[w]) > min(RATED[l])
+        for chosen, rejected in zip(pairs.chosen_text_id, pairs.rejected_text_id):  # some draw of one rating each
+            assert max(RATED[chosen]) > min(RATED[rejected])  # gives the label
         pair_keys = {frozenset(p) for p in zip(pairs.chosen_text_id, pairs.rejected_text_id)}
         assert len(pair_keys) == len(pairs)  # no pair twice
     assert (splits["test"].oracle_margin >= 2.0).all() and not splits["test"].flipped.any()  # gold, clear gaps
@@ -74,11 +78,21 @@ def test_pairs_are_labelled_as_stated(tmp_path, tiny_lm):
 
 
 def test_noise_stats_count_where_the_flips_sit():
-    pairs = pd.DataFrame({"oracle_margin": [0.2, -0.3, 0.4, -1.5, 2.0, 1.2, 0.7, -0.1],
-                          "flipped": [False, True, False, True, False, False, False, True]})
-    assert ratings.noise_stats(pairs) == pytest.approx({
-        "flipped": 3 / 8, "close_pairs": 4 / 8, "flipped_where_means_differ_below_0.5": 2 / 4,
-        "flipped_where_means_differ_1_or_more": 1 / 3, "flipped_on_close_pairs": 2 / 3})
+    pairs = pd.DataFrame(
+        {
+            "oracle_margin": [0.2, -0.3, 0.4, -1.5, 2.0, 1.2, 0.7, -0.1],
+            "flipped": [False, True, False, True, False, False, False, True],
+        }
+    )
+    assert ratings.noise_stats(pairs) == pytest.approx(
+        {
+            "flipped": 3 / 8,
+            "close_pairs": 4 / 8,
+            "flipped_where_means_differ_below_0.5": 2 / 4,
+            "flipped_where_means_differ_1_or_more": 1 / 3,
+            "flipped_on_close_pairs": 2 / 3,
+        }
+    )
 
 
 def test_splits_share_no_text_and_reruns_give_the_same_pairs(tmp_path, tiny_lm):
@@ -87,7 +101,7 @@ def test_splits_share_no_text_and_reruns_give_the_same_pairs(tmp_path, tiny_lm):
     texts = {name: set(p.chosen_text_id) | set(p.rejected_text_id) for name, p in splits.items()}
     names = list(texts)
     for i, first in enumerate(names):
-        for second in names[i + 1:]:
+        for second in names[i + 1 :]:
             assert not texts[first] & texts[second], (first, second)
     (tmp_path / "b").mkdir()
     _, again = build(tmp_path / "b", tiny_lm)
@@ -111,8 +125,12 @@ def test_the_movie_corpus_from_the_sdist(tmp_path):
 
     sdist = demo.download_sdist(str(tmp_path / "sdist"))
     out = tmp_path / "rated.parquet"
-    assert ratings.fetch_rated_texts(str(out), "movieReviewSnippets_GroundTruth.txt",
-                                     "movieReviewSnippets_anonDataRatings.txt", str(sdist)) == 10_605
+    assert (
+        ratings.fetch_rated_texts(
+            str(out), "movieReviewSnippets_GroundTruth.txt", "movieReviewSnippets_anonDataRatings.txt", str(sdist)
+        )
+        == 10_605
+    )
     df = pd.read_parquet(out)
     counts = df.ratings.map(len)
     assert counts.min() >= 10 and 17 <= counts.median() <= 20

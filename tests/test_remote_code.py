@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import build_tiny_lm, config_arg, make_pairs
+
 from prefselect.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-MODELING = '''from transformers import GPT2Config, GPT2LMHeadModel
+MODELING = """from transformers import GPT2Config, GPT2LMHeadModel
 
 
 class TinyRemoteConfig(GPT2Config):
@@ -27,7 +27,7 @@ class TinyRemoteConfig(GPT2Config):
 
 class TinyRemoteForCausalLM(GPT2LMHeadModel):
     config_class = TinyRemoteConfig
-'''
+"""
 # The steps that load the policy or the SFT model, by the flag they get it with.
 MODEL_STEPS = ("prepare", "logps", "train", "score", "sample", "val-grad", "influence")
 
@@ -37,9 +37,14 @@ def remote_lm(tmp_path_factory) -> str:
     """A tiny causal LM whose model class is code in its own folder (as hub models with `auto_map` have)."""
     folder = Path(build_tiny_lm(tmp_path_factory.mktemp("remote_lm")))
     config = json.loads((folder / "config.json").read_text())
-    config.update(model_type="tiny_remote", architectures=["TinyRemoteForCausalLM"],
-                  auto_map={"AutoConfig": "modeling_tiny.TinyRemoteConfig",
-                            "AutoModelForCausalLM": "modeling_tiny.TinyRemoteForCausalLM"})
+    config.update(
+        model_type="tiny_remote",
+        architectures=["TinyRemoteForCausalLM"],
+        auto_map={
+            "AutoConfig": "modeling_tiny.TinyRemoteConfig",
+            "AutoModelForCausalLM": "modeling_tiny.TinyRemoteForCausalLM",
+        },
+    )
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "modeling_tiny.py").write_text(MODELING)
     return str(folder)
@@ -51,7 +56,9 @@ def files(tmp_path_factory):
     pairs = make_pairs(8)
     pairs.to_parquet(folder / "pairs.parquet")
     logps = -np.arange(8.0) - 20
-    pd.DataFrame({"id": pairs["id"], "chosen_logp": logps, "rejected_logp": logps - 1}).to_parquet(folder / "ref.parquet")
+    pd.DataFrame({"id": pairs["id"], "chosen_logp": logps, "rejected_logp": logps - 1}).to_parquet(
+        folder / "ref.parquet"
+    )
     (folder / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in pairs["prompt"][:2]))
     return folder
 
@@ -64,18 +71,38 @@ def step_argv(step: str, model: str, files: Path, out: Path) -> list[str]:
     return {
         "logps": ["logps", "--model", model, "--data", data, "--out", str(out / "logps.parquet")],
         "train": ["train", "--model", model, "--data", data, "--ref", ref, "--out", str(out / "model")],
-        "score": ["score", "--warmup", model, "--aux", model, "--data", data, "--ref", ref,
-                  "--out", str(out / "scores.parquet")],
-        "sample": ["sample", "--model", model, "--prompts", str(files / "prompts.jsonl"),
-                   "--out", str(out / "samples.parquet")],
+        "score": [
+            "score",
+            "--warmup",
+            model,
+            "--aux",
+            model,
+            "--data",
+            data,
+            "--ref",
+            ref,
+            "--out",
+            str(out / "scores.parquet"),
+        ],
+        "sample": [
+            "sample",
+            "--model",
+            model,
+            "--prompts",
+            str(files / "prompts.jsonl"),
+            "--out",
+            str(out / "samples.parquet"),
+        ],
     }[step]
 
 
 @pytest.mark.parametrize("step", ["logps", "train", "score", "sample"])
 def test_each_model_step_loads_remote_code_only_with_the_flag(step, remote_lm, files, tmp_path, capsys):
     argv = step_argv(step, remote_lm, files, tmp_path)
-    small = {"train": {"training": {"batch_size": 4, "warmup_epochs": 0.5}},
-             "sample": {"evaluation": {"samples": 1, "max_new_tokens": 3}}}.get(step, {})
+    small = {
+        "train": {"training": {"batch_size": 4, "warmup_epochs": 0.5}},
+        "sample": {"evaluation": {"samples": 1, "max_new_tokens": 3}},
+    }.get(step, {})
     with pytest.raises(SystemExit):
         main([*argv, *config_arg(**small)])
     assert "contains custom code" in capsys.readouterr().err
@@ -91,14 +118,30 @@ def test_the_workflow_hands_every_model_step_its_flag_and_the_judge_and_reward_m
         "model": {"path": "org/policy", "trust_remote_code": True},
         "data": {"source": "pairs.jsonl", "test_fraction": 0.1},
         "influence": {"enabled": True, "group_training": True},
-        "selectors": {"tif": {"bands": {"influence": [10, 90]}}, "full": {"kind": "full"},
-                      "rm": {"kind": "external", "reward_model": "org/rm", "trust_remote_code": True, "fraction": 0.5},
-                      "auto": {"kind": "auto", "candidates": ["tif", "full"]}},
+        "selectors": {
+            "tif": {"bands": {"influence": [10, 90]}},
+            "full": {"kind": "full"},
+            "rm": {"kind": "external", "reward_model": "org/rm", "trust_remote_code": True, "fraction": 0.5},
+            "auto": {"kind": "auto", "candidates": ["tif", "full"]},
+        },
         "evaluation": {"judge": {"kind": "reward_model", "model": "org/judge", "trust_remote_code": True}},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-               str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "-n", "-p", "--cores", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(tmp_path / "config.yaml"),
+        "-n",
+        "-p",
+        "--cores",
+        "1",
+    ]
     plan = subprocess.run(command, capture_output=True, text=True)
     assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
     commands = [line for line in plan.stdout.splitlines() if "-m prefselect" in line]

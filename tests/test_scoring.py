@@ -10,7 +10,13 @@ from conftest import dpo_settings, make_pairs
 
 from prefselect import provenance
 from prefselect.logps import (
-    packable, padded_length, pair_logps, read_pairs, stream_logps, token_budget_batches, tokenize_pairs,
+    packable,
+    padded_length,
+    pair_logps,
+    read_pairs,
+    stream_logps,
+    token_budget_batches,
+    tokenize_pairs,
 )
 from prefselect.models import load_model, load_tokenizer
 from prefselect.scoring import implicit_reward_margin, merge_shards, pair_loss, score_table, shard_rows
@@ -144,8 +150,9 @@ def test_a_pairs_log_probs_do_not_depend_on_the_other_pairs(tiny_lm):
     whole = pair_logps(model, pairs, tokenizer, 64, batch_size=4)
     for part in (pairs.iloc[:12], pairs.iloc[12:], pairs.iloc[5:6]):
         alone = pair_logps(model, part, tokenizer, 64, batch_size=1)
-        pd.testing.assert_frame_equal(alone, whole[whole["id"].isin(part["id"])].reset_index(drop=True),
-                                      check_exact=True)
+        pd.testing.assert_frame_equal(
+            alone, whole[whole["id"].isin(part["id"])].reset_index(drop=True), check_exact=True
+        )
 
 
 def test_packed_only_where_it_is_exact(tiny_lm):

@@ -33,18 +33,55 @@ def shard_scores(tmp_path, data, sft, warmup, aux, shards: int) -> list[str]:
     parts = []
     for shard in range(shards):
         ref, scores = tmp_path / f"ref-{shard}-of-{shards}.parquet", tmp_path / f"scores-{shard}-of-{shards}.parquet"
-        main(["logps", *BATCH_4, "--model", sft, "--data", str(data), "--shard", str(shard), "--shards", str(shards),
-              "--out", str(ref)])
-        main(["score", *BATCH_4, "--warmup", warmup, "--aux", aux, "--data", str(data), "--ref", str(ref),
-              "--out", str(scores)])
+        main(
+            [
+                "logps",
+                *BATCH_4,
+                "--model",
+                sft,
+                "--data",
+                str(data),
+                "--shard",
+                str(shard),
+                "--shards",
+                str(shards),
+                "--out",
+                str(ref),
+            ]
+        )
+        main(
+            [
+                "score",
+                *BATCH_4,
+                "--warmup",
+                warmup,
+                "--aux",
+                aux,
+                "--data",
+                str(data),
+                "--ref",
+                str(ref),
+                "--out",
+                str(scores),
+            ]
+        )
         parts.append(str(scores))
     return parts
 
 
 def merged_scores(tmp_path, data, *models, shards: int) -> Path:
     out = tmp_path / f"scores-{shards}.parquet"
-    main(["merge-scores", "--shards", *shard_scores(tmp_path, data, *models, shards), "--data", str(data),
-          "--out", str(out)])
+    main(
+        [
+            "merge-scores",
+            "--shards",
+            *shard_scores(tmp_path, data, *models, shards),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+        ]
+    )
     return out
 
 
@@ -59,8 +96,20 @@ def selections(tmp_path, scores: Path, data: Path) -> dict[str, Path]:
     paths = {}
     for name, spec in SELECTORS.items():
         paths[name] = tmp_path / f"{name}-{scores.stem}.parquet"
-        main(["select", "--selector", name, *config_arg(seed=3, selectors={name: spec}), "--scores", str(scores),
-              "--data", str(data), "--out", str(paths[name])])
+        main(
+            [
+                "select",
+                "--selector",
+                name,
+                *config_arg(seed=3, selectors={name: spec}),
+                "--scores",
+                str(scores),
+                "--data",
+                str(data),
+                "--out",
+                str(paths[name]),
+            ]
+        )
     return paths
 
 
@@ -73,8 +122,9 @@ def test_scores_and_selections_are_the_same_for_one_and_several_shards(tmp_path,
     chosen = {name: pd.read_parquet(path) for name, path in selections(tmp_path, one, data).items()}
     for shards in (2, 3):
         many = merged_scores(tmp_path, data, *models, shards=shards)
-        pd.testing.assert_frame_equal(pd.read_parquet(one), pd.read_parquet(many), check_exact=False, rtol=1e-5,
-                                      atol=1e-5)
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(one), pd.read_parquet(many), check_exact=False, rtol=1e-5, atol=1e-5
+        )
         assert provenance.read(many) == {**provenance.read(one), "shards": shards}
         for name, path in selections(tmp_path, many, data).items():
             pd.testing.assert_frame_equal(pd.read_parquet(path), chosen[name])
@@ -110,23 +160,54 @@ def test_scores_refuse_reference_log_probs_of_other_pairs(tmp_path, tiny_lm, cap
     ref = tmp_path / "ref.parquet"
     main(["logps", "--model", tiny_lm, "--data", str(old), "--out", str(ref)])
     with pytest.raises(SystemExit):
-        main(["score", "--warmup", tiny_lm, "--aux", tiny_lm, "--data", str(new), "--ref", str(ref),
-              "--out", str(tmp_path / "scores.parquet")])
+        main(
+            [
+                "score",
+                "--warmup",
+                tiny_lm,
+                "--aux",
+                tiny_lm,
+                "--data",
+                str(new),
+                "--ref",
+                str(ref),
+                "--out",
+                str(tmp_path / "scores.parquet"),
+            ]
+        )
     assert f"reference log-probs {ref} were computed on other pairs" in capsys.readouterr().err
 
 
-def test_a_shard_killed_mid_way_leaves_nothing_and_its_rerun_merges_to_the_same_scores(tmp_path, tiny_lm,
-                                                                                        tiny_lm_other):
+def test_a_shard_killed_mid_way_leaves_nothing_and_its_rerun_merges_to_the_same_scores(
+    tmp_path, tiny_lm, tiny_lm_other
+):
     data = tmp_path / "train.parquet"
     make_pairs(64).to_parquet(data)
     shards = shard_scores(tmp_path, data, tiny_lm, tiny_lm_other, tiny_lm, shards=2)
     killed = tmp_path / "out" / "1-of-2.parquet"
     killed.parent.mkdir()
-    command = [sys.executable, "-m", "prefselect", "--threads", "1", "score", "--warmup", tiny_lm_other, "--aux",
-               tiny_lm, "--data", str(data), "--ref", str(tmp_path / "ref-1-of-2.parquet"), *BATCH_4,
-               "--out", str(killed)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": str(REPO / "workflow")})
+    command = [
+        sys.executable,
+        "-m",
+        "prefselect",
+        "--threads",
+        "1",
+        "score",
+        "--warmup",
+        tiny_lm_other,
+        "--aux",
+        tiny_lm,
+        "--data",
+        str(data),
+        "--ref",
+        str(tmp_path / "ref-1-of-2.parquet"),
+        *BATCH_4,
+        "--out",
+        str(killed),
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    )
     # Mid-shard: the warm-up model's log-probs are done, the auxiliary model's are under way.
     for line in process.stdout:
         if f"under {tiny_lm}" in line:
@@ -134,12 +215,27 @@ def test_a_shard_killed_mid_way_leaves_nothing_and_its_rerun_merges_to_the_same_
             break
     assert process.wait() == -signal.SIGKILL
     assert list(killed.parent.iterdir()) == []  # no partial file, under its name or a temporary one
-    main(["score", "--warmup", tiny_lm_other, "--aux", tiny_lm, "--data", str(data), "--ref",
-          str(tmp_path / "ref-1-of-2.parquet"), *BATCH_4, "--out", str(killed)])
+    main(
+        [
+            "score",
+            "--warmup",
+            tiny_lm_other,
+            "--aux",
+            tiny_lm,
+            "--data",
+            str(data),
+            "--ref",
+            str(tmp_path / "ref-1-of-2.parquet"),
+            *BATCH_4,
+            "--out",
+            str(killed),
+        ]
+    )
     merged = {}
     for name, parts in (("uninterrupted", shards), ("rerun", [shards[0], str(killed)])):
         merged[name] = tmp_path / f"{name}.parquet"
         main(["merge-scores", "--shards", *parts, "--data", str(data), "--out", str(merged[name])])
-    pd.testing.assert_frame_equal(pd.read_parquet(merged["uninterrupted"]), pd.read_parquet(merged["rerun"]),
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(merged["uninterrupted"]), pd.read_parquet(merged["rerun"]), check_exact=True
+    )
     assert provenance.read(merged["uninterrupted"]) == provenance.read(merged["rerun"])

@@ -68,10 +68,24 @@ def job_id(slurm_log: Path) -> int:
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     command = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(workdir / "config.yaml"), "--profile", str(REPO / "profiles" / "slurm"),
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--profile",
+        str(REPO / "profiles" / "slurm"),
         # The test cluster has no accounting database: squeue instead of sacct, and poll it often.
-        "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2", *args, TARGET,
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        *args,
+        TARGET,
     ]
     bin_dir = workdir / "bin"
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}

@@ -29,8 +29,11 @@ def test_smollm2_example_plans_pypi_sources_and_the_likelihood_judge(tmp_path):
     fetch = by_rule["fetch_data"]["shell"]
     assert '"requirement": "llamafactory==0.9.5"' in fetch and '"sdist": true' in fetch and '"sha256": "' in fetch
     prepare = by_rule["prepare"]["shell"]
-    for argument in (f"--source {out}/data/source/dpo_en_demo.json", f"--tokenizer {out}/models/sft",
-                     f'"test_fraction": {config["data"]["test_fraction"]}'):
+    for argument in (
+        f"--source {out}/data/source/dpo_en_demo.json",
+        f"--tokenizer {out}/models/sft",
+        f'"test_fraction": {config["data"]["test_fraction"]}',
+    ):
         assert argument in prepare, argument
     assert any(f"--data {out}/data/test.parquet" in job["shell"] for job in jobs if job["rule"] == "ref_logps")
     evaluate = by_rule["evaluate"]["shell"]

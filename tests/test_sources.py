@@ -21,9 +21,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import SENTENCES, build_tiny_lm, config_arg, one_torch_thread
 from transformers import AutoTokenizer
 
-from conftest import SENTENCES, build_tiny_lm, config_arg, one_torch_thread
 from prefselect.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,17 +55,23 @@ def records(fmt: str, first: int, n: int) -> list[dict]:
     for i in range(first, first + n):
         words, other = SENTENCES[i % 6].split(), SENTENCES[(i + 1) % 6].split()
         cut = 2 + i % 3
-        prompt, chosen, rejected = f"{i} " + " ".join(words[:cut]), " ".join(words[cut:]), " ".join(other[:3 + i % 4])
+        prompt, chosen, rejected = f"{i} " + " ".join(words[:cut]), " ".join(words[cut:]), " ".join(other[: 3 + i % 4])
         if fmt == "standard":
             rows.append({"prompt": prompt, "chosen": " " + chosen, "rejected": " " + rejected})
             continue
         user = {"role": "user", "content": prompt}
         conversation = [user, {"role": "assistant", "content": chosen}]
-        rows.append({
-            "prompt": prompt, "prompt_id": hashlib.sha256(prompt.encode()).hexdigest(), "chosen": conversation,
-            "rejected": [user, {"role": "assistant", "content": rejected}], "messages": conversation,
-            "score_chosen": float(8 + i % 3), "score_rejected": float(i % 5),
-        })
+        rows.append(
+            {
+                "prompt": prompt,
+                "prompt_id": hashlib.sha256(prompt.encode()).hexdigest(),
+                "chosen": conversation,
+                "rejected": [user, {"role": "assistant", "content": rejected}],
+                "messages": conversation,
+                "score_chosen": float(8 + i % 3),
+                "score_rejected": float(i % 5),
+            }
+        )
     return rows
 
 
@@ -140,20 +146,39 @@ def arguments(world: dict, model: str, data: str, fmt: str) -> tuple[str, list[s
     model_arg = MODEL_ID if model == "hub" else world["model"]
     if data == "hub":
         data_id = f"{DATA_ID}-{fmt}"
-        data_args = ["--source", data_id, "--validation", data_id,
-                     *config_arg(data={"split": SPLITS["train"], "validation_split": SPLITS["val"], "max_length": MAX_LENGTH})]
+        data_args = [
+            "--source",
+            data_id,
+            "--validation",
+            data_id,
+            *config_arg(data={"split": SPLITS["train"], "validation_split": SPLITS["val"], "max_length": MAX_LENGTH}),
+        ]
     else:
-        data_args = ["--source", world["files"][fmt, data, "train"], "--validation", world["files"][fmt, data, "val"],
-                     *config_arg(data={"max_length": MAX_LENGTH})]
+        data_args = [
+            "--source",
+            world["files"][fmt, data, "train"],
+            "--validation",
+            world["files"][fmt, data, "val"],
+            *config_arg(data={"max_length": MAX_LENGTH}),
+        ]
     return model_arg, data_args
 
 
 def prepare_and_score(out: Path, model: str, data_args: list[str], run=main) -> None:
     run(["prepare", *data_args, "--tokenizer", model, "--out", str(out / "data")])
     for split in ("train", "val"):
-        run(["logps", "--model", model, "--data", str(out / "data" / f"{split}.parquet"),
-             *config_arg(data={"max_length": MAX_LENGTH}, scoring={"batch_size": 8}),
-             "--out", str(out / f"logps-{split}.parquet")])
+        run(
+            [
+                "logps",
+                "--model",
+                model,
+                "--data",
+                str(out / "data" / f"{split}.parquet"),
+                *config_arg(data={"max_length": MAX_LENGTH}, scoring={"batch_size": 8}),
+                "--out",
+                str(out / f"logps-{split}.parquet"),
+            ]
+        )
 
 
 def outputs(out: Path) -> dict:
@@ -215,8 +240,18 @@ def error_of(argv: list[str], capsys) -> str:
 
 def test_a_split_of_the_source_cannot_be_its_validation(world, offline_hub, tmp_path, capsys):
     data_id = f"{DATA_ID}-standard"
-    argv = ["prepare", "--source", data_id, "--validation", data_id, "--tokenizer", MODEL_ID, "--out", str(tmp_path),
-            *config_arg(data={"split": "train_prefs", "validation_split": "train_prefs"})]
+    argv = [
+        "prepare",
+        "--source",
+        data_id,
+        "--validation",
+        data_id,
+        "--tokenizer",
+        MODEL_ID,
+        "--out",
+        str(tmp_path),
+        *config_arg(data={"split": "train_prefs", "validation_split": "train_prefs"}),
+    ]
     assert f"validation is the same as source ('{data_id}:train_prefs')" in error_of(argv, capsys)
 
 
@@ -224,18 +259,24 @@ def test_a_missing_split_or_uncached_repo_is_a_clear_error(world, offline_hub, t
     data_id = f"{DATA_ID}-standard"
     no_split = error_of(["prepare", "--source", data_id, "--tokenizer", MODEL_ID, "--out", str(tmp_path)], capsys)
     assert f"data source '{data_id}': not a local file, and loading split 'train' from the hub failed" in no_split
-    no_repo = error_of(["prepare", "--source", data_id, "--tokenizer", "tiny-org/not-cached", "--out", str(tmp_path)],
-                       capsys)
+    no_repo = error_of(
+        ["prepare", "--source", data_id, "--tokenizer", "tiny-org/not-cached", "--out", str(tmp_path)], capsys
+    )
     assert "cannot load a tokenizer from 'tiny-org/not-cached'" in no_repo
     source = world["files"]["standard", "jsonl", "train"]
-    typo = error_of(["prepare", "--source", source, "--tokenizer", "missing/models/sft", "--out", str(tmp_path)], capsys)
+    typo = error_of(
+        ["prepare", "--source", source, "--tokenizer", "missing/models/sft", "--out", str(tmp_path)], capsys
+    )
     assert "model path 'missing/models/sft' does not exist (and is not a hub id)" in typo
 
 
 def test_command_line_with_offline_environment(world, references, tmp_path):
     """What a user on an offline node runs: HF_HOME and HF_HUB_OFFLINE in the environment, hub ids as arguments."""
     env = {
-        **os.environ, "HF_HOME": str(world["hf_home"]), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+        **os.environ,
+        "HF_HOME": str(world["hf_home"]),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
         "PYTHONPATH": str(REPO / "workflow"),
     }
     env.pop("HF_HUB_CACHE", None)
@@ -244,7 +285,9 @@ def test_command_line_with_offline_environment(world, references, tmp_path):
     logs = []
 
     def run(argv: list[str]) -> None:
-        result = subprocess.run([sys.executable, "-m", "prefselect", "--threads", "1", *argv], env=env, capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "prefselect", "--threads", "1", *argv], env=env, capture_output=True, text=True
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         logs.append(result.stderr)
 

@@ -9,14 +9,22 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import build_tiny_lm, config_arg, loop_logps, make_pairs
+
 from prefselect.cli import main
 from prefselect.config import ConfigError, validate
-from prefselect.selection import select
 from prefselect.kinds import candidate_names, grid_selectors
-from prefselect.tournament import (adopt_winner, choose, decide, gate_sentence, halving_cost, ranked, report,
-                                   report_markdown)
+from prefselect.selection import select
+from prefselect.tournament import (
+    adopt_winner,
+    choose,
+    decide,
+    gate_sentence,
+    halving_cost,
+    ranked,
+    report,
+    report_markdown,
+)
 
 MAX_LENGTH = 64
 BETA = 0.1
@@ -34,14 +42,27 @@ def test_a_grid_expands_to_band_rules_that_keep_their_fraction():
     assert len(made) == 12 and set(made) <= set(selectors)
     assert made["irm_bottom50"] == {"kind": "bands", "bands": {"irm": [0, 50]}, "fraction": 0.5}  # small margins
     assert made["lossdiff_irm_middle80"] == {
-        "kind": "bands", "bands": {"lossdiff": [10, 90], "irm": [10, 90]}, "fraction": 0.8}  # the paper's shape
-    assert selectors["auto"] == {"kind": "auto", "grid": grid, "candidates": [], "criterion": "dev_margin",
-                                 "screen_epochs": None, "finalists": None, "fallback": "full", "confidence": 0, "guard": GUARD,
-                                 "final": {"label_smoothing": 0}}
+        "kind": "bands",
+        "bands": {"lossdiff": [10, 90], "irm": [10, 90]},
+        "fraction": 0.8,
+    }  # the paper's shape
+    assert selectors["auto"] == {
+        "kind": "auto",
+        "grid": grid,
+        "candidates": [],
+        "criterion": "dev_margin",
+        "screen_epochs": None,
+        "finalists": None,
+        "fallback": "full",
+        "confidence": 0,
+        "guard": GUARD,
+        "final": {"label_smoothing": 0},
+    }
     assert candidate_names(selectors["auto"])[-1] == "full"  # the fallback competes too
     rng = np.random.default_rng(0)
-    scores = pd.DataFrame({"id": [f"p{i}" for i in range(1000)], "irm": rng.normal(size=1000),
-                           "lossdiff": rng.normal(size=1000)})
+    scores = pd.DataFrame(
+        {"id": [f"p{i}" for i in range(1000)], "irm": rng.normal(size=1000), "lossdiff": rng.normal(size=1000)}
+    )
     for name, spec in made.items():
         kept = select(name, spec, scores, scores[["id"]])["selected"].to_numpy()
         assert kept.mean() == pytest.approx(spec["fraction"], abs=0.002), name
@@ -54,42 +75,111 @@ def test_a_grid_expands_to_band_rules_that_keep_their_fraction():
             assert irm[~kept].min() < irm[kept].min() and irm[kept].max() < irm[~kept].max()
 
 
-@pytest.mark.parametrize("selectors, message", [
-    ({"a": {"kind": "auto", "candidates": ["full", "nope"]}, "full": {"kind": "full"}},
-     "selectors.a.candidates.1: 'nope' is no selector to compete"),
-    ({"a": {"kind": "auto", "candidates": ["full", "oracle"]}, "full": {"kind": "full"}, "oracle": {"kind": "oracle"}},
-     "selectors.a.candidates.1: 'oracle' reads the ground truth"),
-    ({"a": {"kind": "auto", "candidates": ["full"]}, "full": {"kind": "full"}},
-     "selectors.a: an auto selector needs at least two candidates"),
-    ({"a": {"kind": "auto", "candidates": ["full", "r"]}, "full": {"kind": "full"},
-      "r": {"kind": "random", "like": "a"}}, "selectors.a.candidates.1: 'r' waits for this selector's own choice"),
-    ({"a": {"kind": "auto", "candidates": ["full", "x"]}, "b": {"kind": "auto", "candidates": ["full", "x"]},
-      "full": {"kind": "full"}, "x": {"kind": "full"}}, "selectors.b: only one selector of kind 'auto'"),
-    ({"full": {"kind": "full", "criterion": "dev_loss"}}, "selectors.full.criterion: allowed for kind 'auto' only"),
-    ({"a": {"kind": "auto", "candidates": ["full", "x"], "fraction": 0.5}, "full": {"kind": "full"},
-      "x": {"kind": "full"}}, "selectors.a: `like` and `fraction` do not apply to kind 'auto'"),
-    ({"a": {"kind": "auto", "grid": {"shapes": ["top"], "columns": ["irm"], "fractions": [0.5]}, "candidates": ["full"]},
-      "irm_top50": {"kind": "full"}, "full": {"kind": "full"}},
-     "selectors.a.grid: it makes a selector 'irm_top50', but selectors.irm_top50 is already another rule"),
-    ({"a": {"kind": "auto", "grid": {"shapes": ["top"], "columns": ["irm+nope"], "fractions": [0.5]}}},
-     "selectors.a.grid.columns.0"),
-    ({"a": {"kind": "auto", "candidates": ["full", "x"], "criterion": "judge"}, "full": {"kind": "full"},
-      "x": {"kind": "full"}}, "selectors.a.criterion"),
-    ({"a": {"kind": "auto", "candidates": ["full", "x"], "screen_epochs": 2}, "full": {"kind": "full"},
-      "x": {"kind": "full"}}, "selectors.a.screen_epochs: 2 must be below training.final_epochs"),
-    ({"a": {"kind": "auto", "candidates": ["full", "x"], "finalists": 1}, "full": {"kind": "full"},
-      "x": {"kind": "full"}}, "selectors.a.finalists: needs screen_epochs"),
-    ({"a": {"kind": "auto", "candidates": ["full", "x"], "screen_epochs": 1, "finalists": 0}, "full": {"kind": "full"},
-      "x": {"kind": "full"}}, "selectors.a.finalists"),
-])
+@pytest.mark.parametrize(
+    "selectors, message",
+    [
+        (
+            {"a": {"kind": "auto", "candidates": ["full", "nope"]}, "full": {"kind": "full"}},
+            "selectors.a.candidates.1: 'nope' is no selector to compete",
+        ),
+        (
+            {
+                "a": {"kind": "auto", "candidates": ["full", "oracle"]},
+                "full": {"kind": "full"},
+                "oracle": {"kind": "oracle"},
+            },
+            "selectors.a.candidates.1: 'oracle' reads the ground truth",
+        ),
+        (
+            {"a": {"kind": "auto", "candidates": ["full"]}, "full": {"kind": "full"}},
+            "selectors.a: an auto selector needs at least two candidates",
+        ),
+        (
+            {
+                "a": {"kind": "auto", "candidates": ["full", "r"]},
+                "full": {"kind": "full"},
+                "r": {"kind": "random", "like": "a"},
+            },
+            "selectors.a.candidates.1: 'r' waits for this selector's own choice",
+        ),
+        (
+            {
+                "a": {"kind": "auto", "candidates": ["full", "x"]},
+                "b": {"kind": "auto", "candidates": ["full", "x"]},
+                "full": {"kind": "full"},
+                "x": {"kind": "full"},
+            },
+            "selectors.b: only one selector of kind 'auto'",
+        ),
+        ({"full": {"kind": "full", "criterion": "dev_loss"}}, "selectors.full.criterion: allowed for kind 'auto' only"),
+        (
+            {
+                "a": {"kind": "auto", "candidates": ["full", "x"], "fraction": 0.5},
+                "full": {"kind": "full"},
+                "x": {"kind": "full"},
+            },
+            "selectors.a: `like` and `fraction` do not apply to kind 'auto'",
+        ),
+        (
+            {
+                "a": {
+                    "kind": "auto",
+                    "grid": {"shapes": ["top"], "columns": ["irm"], "fractions": [0.5]},
+                    "candidates": ["full"],
+                },
+                "irm_top50": {"kind": "full"},
+                "full": {"kind": "full"},
+            },
+            "selectors.a.grid: it makes a selector 'irm_top50', but selectors.irm_top50 is already another rule",
+        ),
+        (
+            {"a": {"kind": "auto", "grid": {"shapes": ["top"], "columns": ["irm+nope"], "fractions": [0.5]}}},
+            "selectors.a.grid.columns.0",
+        ),
+        (
+            {
+                "a": {"kind": "auto", "candidates": ["full", "x"], "criterion": "judge"},
+                "full": {"kind": "full"},
+                "x": {"kind": "full"},
+            },
+            "selectors.a.criterion",
+        ),
+        (
+            {
+                "a": {"kind": "auto", "candidates": ["full", "x"], "screen_epochs": 2},
+                "full": {"kind": "full"},
+                "x": {"kind": "full"},
+            },
+            "selectors.a.screen_epochs: 2 must be below training.final_epochs",
+        ),
+        (
+            {
+                "a": {"kind": "auto", "candidates": ["full", "x"], "finalists": 1},
+                "full": {"kind": "full"},
+                "x": {"kind": "full"},
+            },
+            "selectors.a.finalists: needs screen_epochs",
+        ),
+        (
+            {
+                "a": {"kind": "auto", "candidates": ["full", "x"], "screen_epochs": 1, "finalists": 0},
+                "full": {"kind": "full"},
+                "x": {"kind": "full"},
+            },
+            "selectors.a.finalists",
+        ),
+    ],
+)
 def test_bad_auto_selectors_name_the_key(selectors, message):
     with pytest.raises(ConfigError, match="config key " + message.replace("(", r"\(").replace("+", r"\+")):
         validate(config_with(selectors))
 
 
 def test_ties_go_to_the_candidate_that_keeps_more_then_to_the_earlier():
-    criteria = {name: {"loss": loss, "accuracy": acc} for name, loss, acc in
-                [("a", 0.70, 0.6), ("b", 0.70, 0.6), ("c", 0.69, 0.6), ("d", 0.71, 0.6)]}
+    criteria = {
+        name: {"loss": loss, "accuracy": acc}
+        for name, loss, acc in [("a", 0.70, 0.6), ("b", 0.70, 0.6), ("c", 0.69, 0.6), ("d", 0.71, 0.6)]
+    }
     kept = {"a": 0.5, "b": 1.0, "c": 0.4, "d": 0.8}
     assert choose(criteria, kept, "dev_loss") == "c"
     assert choose(criteria, kept, "dev_accuracy") == "b"
@@ -107,20 +197,52 @@ def candidates(tmp_path_factory):
     for name, n_kept in (("a", 5), ("b", 10), ("c", 7)):
         pd.DataFrame({"id": train["id"], "selected": np.arange(10) < n_kept}).to_parquet(root / f"sel-{name}.parquet")
     for name, folder in models.items():  # the workflow's own log-prob step
-        main(["logps", "--model", folder, "--data", str(root / "dev.parquet"),
-              *config_arg(data={"max_length": MAX_LENGTH}, scoring={"batch_size": 7}),
-              "--out", str(root / f"logps-{name}.parquet")])
+        main(
+            [
+                "logps",
+                "--model",
+                folder,
+                "--data",
+                str(root / "dev.parquet"),
+                *config_arg(data={"max_length": MAX_LENGTH}, scoring={"batch_size": 7}),
+                "--out",
+                str(root / f"logps-{name}.parquet"),
+            ]
+        )
     return root, models, dev
 
 
 def run_tournament(root, criterion: str, fallback: str | None = None, confidence: float = 0.9) -> dict:
-    auto = {"kind": "auto", "candidates": list("abc"), "criterion": criterion, "fallback": fallback,
-            "confidence": confidence, "guard": None}
-    main(["tournament", "--names", "a", "b", "c", "--logps", *(str(root / f"logps-{n}.parquet") for n in "abc"),
-          "--ref", str(root / "logps-sft.parquet"), "--selections", *(str(root / f"sel-{n}.parquet") for n in "abc"),
-          "--selector", "auto", "--out-selection", str(root / "auto.parquet"),
-          *config_arg(method={"beta": BETA}, selectors={"auto": auto}),
-          "--out-choice", str(root / "choice.json")])
+    auto = {
+        "kind": "auto",
+        "candidates": list("abc"),
+        "criterion": criterion,
+        "fallback": fallback,
+        "confidence": confidence,
+        "guard": None,
+    }
+    main(
+        [
+            "tournament",
+            "--names",
+            "a",
+            "b",
+            "c",
+            "--logps",
+            *(str(root / f"logps-{n}.parquet") for n in "abc"),
+            "--ref",
+            str(root / "logps-sft.parquet"),
+            "--selections",
+            *(str(root / f"sel-{n}.parquet") for n in "abc"),
+            "--selector",
+            "auto",
+            "--out-selection",
+            str(root / "auto.parquet"),
+            *config_arg(method={"beta": BETA}, selectors={"auto": auto}),
+            "--out-choice",
+            str(root / "choice.json"),
+        ]
+    )
     return json.loads((root / "choice.json").read_text())
 
 
@@ -136,7 +258,11 @@ def test_dev_criterion_equals_a_plain_loop_and_the_choice_is_its_best(candidates
         expected[name] = {"n": 20}
         for key, values in per_pair.items():
             half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
-            expected[name] |= {key: values.mean(), f"{key}_low": values.mean() - half, f"{key}_high": values.mean() + half}
+            expected[name] |= {
+                key: values.mean(),
+                f"{key}_low": values.mean() - half,
+                f"{key}_high": values.mean() + half,
+            }
         assert 0 < per_pair["accuracy"].mean() < 1  # both outcomes occur, so the check can fail
         got = {key: choice["candidates"][name][key] for key in expected[name]}
         assert got == pytest.approx(expected[name], abs=1e-5)  # float32 logits, in another order
@@ -144,8 +270,11 @@ def test_dev_criterion_equals_a_plain_loop_and_the_choice_is_its_best(candidates
     assert choice["candidates"][choice["chosen"]]["gap"] == 0.0
     assert choice["candidates"]["b"]["kept_fraction"] == 1.0
     # the auto selection is the chosen candidate's, row for row
-    pd.testing.assert_frame_equal(pd.read_parquet(root / "auto.parquet"),
-                                  pd.read_parquet(root / f"sel-{choice['chosen']}.parquet"), check_exact=True)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(root / "auto.parquet"),
+        pd.read_parquet(root / f"sel-{choice['chosen']}.parquet"),
+        check_exact=True,
+    )
     for criterion, key, best in (("dev_accuracy", "accuracy", max), ("dev_margin", "margin", max)):
         top = best(expected[n][key] for n in "abc")
         assert run_tournament(root, criterion)["chosen"] in [n for n in "abc" if expected[n][key] == top]
@@ -156,12 +285,34 @@ def test_the_screen_rung_lets_the_k_best_and_the_fallback_continue(candidates, f
     """The screen rung's criteria are the tournament's on the same models; its finalists the k best by them (ties
     as the tournament breaks them), then the fallback where it is not among them."""
     root, _, _ = candidates
-    auto = {"kind": "auto", "candidates": list("abc"), "criterion": "dev_loss", "fallback": fallback,
-            "screen_epochs": 1, "finalists": finalists}
-    main(["screen-rung", "--names", "a", "b", "c", "--logps", *(str(root / f"logps-{n}.parquet") for n in "abc"),
-          "--ref", str(root / "logps-sft.parquet"), "--selections", *(str(root / f"sel-{n}.parquet") for n in "abc"),
-          "--selector", "auto", *config_arg(method={"beta": BETA}, selectors={"auto": auto}),
-          "--out", str(root / "rung.json")])
+    auto = {
+        "kind": "auto",
+        "candidates": list("abc"),
+        "criterion": "dev_loss",
+        "fallback": fallback,
+        "screen_epochs": 1,
+        "finalists": finalists,
+    }
+    main(
+        [
+            "screen-rung",
+            "--names",
+            "a",
+            "b",
+            "c",
+            "--logps",
+            *(str(root / f"logps-{n}.parquet") for n in "abc"),
+            "--ref",
+            str(root / "logps-sft.parquet"),
+            "--selections",
+            *(str(root / f"sel-{n}.parquet") for n in "abc"),
+            "--selector",
+            "auto",
+            *config_arg(method={"beta": BETA}, selectors={"auto": auto}),
+            "--out",
+            str(root / "rung.json"),
+        ]
+    )
     rung = json.loads((root / "rung.json").read_text())
     tournament = run_tournament(root, "dev_loss")["candidates"]
     for name, row in rung["candidates"].items():
@@ -174,11 +325,19 @@ def test_the_screen_rung_lets_the_k_best_and_the_fallback_continue(candidates, f
 
 
 def test_halving_cost_counts_every_screen_run_and_the_finalists_remaining_steps():
-    screens = {"a": {"steps": 4, "max_steps": 16, "seconds": 10.0}, "b": {"steps": 2, "max_steps": 8, "seconds": 6.0},
-               "c": {"steps": 3, "max_steps": 12, "seconds": 8.0}}
+    screens = {
+        "a": {"steps": 4, "max_steps": 16, "seconds": 10.0},
+        "b": {"steps": 2, "max_steps": 8, "seconds": 6.0},
+        "c": {"steps": 3, "max_steps": 12, "seconds": 8.0},
+    }
     cost = halving_cost(screens, {"b": 20.0})
     # screens 4 + 2 + 3; b continues its 8 - 2; a full tournament trains 16 + 8 + 12
-    assert (cost["screen_steps"], cost["finalist_steps"], cost["steps"], cost["full_tournament_steps"]) == (9, 6, 15, 36)
+    assert (cost["screen_steps"], cost["finalist_steps"], cost["steps"], cost["full_tournament_steps"]) == (
+        9,
+        6,
+        15,
+        36,
+    )
     assert cost["share_of_full"] == pytest.approx(15 / 36)
     assert (cost["screen_seconds"], cost["finalist_seconds"]) == (24.0, 20.0)
 
@@ -210,8 +369,9 @@ def test_the_fallback_is_kept_unless_the_best_leads_it_by_the_corrected_z(candid
     assert kept["chosen"] == fallback and not kept["gate"]["passed"]
     assert kept["gate"]["dev_pairs_needed"] == int(np.ceil(len(dev) * 4))  # twice the z: four times the pairs
     assert kept["candidates"][fallback]["gap"] == 0.0  # gaps are taken to the candidate chosen
-    pd.testing.assert_frame_equal(pd.read_parquet(root / "auto.parquet"),
-                                  pd.read_parquet(root / f"sel-{fallback}.parquet"), check_exact=True)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(root / "auto.parquet"), pd.read_parquet(root / f"sel-{fallback}.parquet"), check_exact=True
+    )
     assert run_tournament(root, "dev_margin", fallback, 0)["chosen"] == best  # confidence 0: no test
 
 
@@ -234,9 +394,14 @@ def test_a_lead_bought_with_worse_dev_accuracy_keeps_the_fallback():
     assert gate["guard_bound"] == pytest.approx(-NormalDist().inv_cdf(0.8)) and gate["harmed"]
     assert guarded["best"] == "bold" and guarded["chosen"] == "full"
     assert "trails it on dev_accuracy" in gate_sentence(gate, "dev_margin")
-    assert decide({"full": steady, "bold": bold}, kept, BETA, "sigmoid", "dev_margin", "full", 0.8, None)["chosen"] == "bold"
-    assert decide({"full": steady, "better": better}, kept, BETA, "sigmoid", "dev_margin", "full", 0.8,
-                  GUARD)["chosen"] == "better"
+    assert (
+        decide({"full": steady, "bold": bold}, kept, BETA, "sigmoid", "dev_margin", "full", 0.8, None)["chosen"]
+        == "bold"
+    )
+    assert (
+        decide({"full": steady, "better": better}, kept, BETA, "sigmoid", "dev_margin", "full", 0.8, GUARD)["chosen"]
+        == "better"
+    )
 
 
 def test_the_winners_model_is_adopted_without_a_second_copy(candidates, tmp_path):
@@ -252,16 +417,44 @@ def test_the_winners_model_is_adopted_without_a_second_copy(candidates, tmp_path
 
 
 def test_report_correlates_the_criterion_with_the_judge_and_states_the_regret():
-    choice = {"chosen": "b", "best": "b", "gate": None, "criterion": "dev_loss", "candidates": {
-        name: {"kept_fraction": kept, "loss": loss, "loss_low": loss - 0.1, "loss_high": loss + 0.1, "accuracy": 0.6,
-               "accuracy_low": 0.5, "accuracy_high": 0.7, "n": 10, "margin": 1 - loss, "margin_low": 0.0,
-               "margin_high": 1.0, "gap": 0.0, "gap_low": 0.0, "gap_high": 0.0}
-        for name, kept, loss in (("a", 1.0, 0.9), ("b", 0.64, 0.5), ("c", 0.64, 0.7), ("d", 0.5, 0.6))}}
-    results = {"opponent": "sft", "selectors": {
-        name: {"win_rate": rate, "ci_low": rate - 0.05, "ci_high": rate + 0.05, "flipped_share_kept": 0.2}
-        for name, rate in (("a", 0.55), ("b", 0.60), ("c", 0.62), ("d", 0.58))}}
-    specs = {"a": {"kind": "full"}, "b": {"kind": "bands", "bands": {"irm": [0, 50]}, "fraction": 0.64},
-             "c": {"kind": "bands", "bands": {"lossdiff": [10, 90], "irm": [10, 90]}}, "d": {"kind": "random", "like": "b"}}
+    choice = {
+        "chosen": "b",
+        "best": "b",
+        "gate": None,
+        "criterion": "dev_loss",
+        "candidates": {
+            name: {
+                "kept_fraction": kept,
+                "loss": loss,
+                "loss_low": loss - 0.1,
+                "loss_high": loss + 0.1,
+                "accuracy": 0.6,
+                "accuracy_low": 0.5,
+                "accuracy_high": 0.7,
+                "n": 10,
+                "margin": 1 - loss,
+                "margin_low": 0.0,
+                "margin_high": 1.0,
+                "gap": 0.0,
+                "gap_low": 0.0,
+                "gap_high": 0.0,
+            }
+            for name, kept, loss in (("a", 1.0, 0.9), ("b", 0.64, 0.5), ("c", 0.64, 0.7), ("d", 0.5, 0.6))
+        },
+    }
+    results = {
+        "opponent": "sft",
+        "selectors": {
+            name: {"win_rate": rate, "ci_low": rate - 0.05, "ci_high": rate + 0.05, "flipped_share_kept": 0.2}
+            for name, rate in (("a", 0.55), ("b", 0.60), ("c", 0.62), ("d", 0.58))
+        },
+    }
+    specs = {
+        "a": {"kind": "full"},
+        "b": {"kind": "bands", "bands": {"irm": [0, 50]}, "fraction": 0.64},
+        "c": {"kind": "bands", "bands": {"lossdiff": [10, 90], "irm": [10, 90]}},
+        "d": {"kind": "random", "like": "b"},
+    }
     rep = report(choice, results, specs, "final")
     # by the criterion (lower loss better): b > d > c > a; by the judge: c > b > d > a
     assert rep["spearman_criterion_vs_judge"] == pytest.approx(0.4)
@@ -274,14 +467,32 @@ def test_report_correlates_the_criterion_with_the_judge_and_states_the_regret():
     assert "| dev_loss (configured) | b | 0.40 | 0.020 |" in table
     assert "| dev_accuracy | a | – | 0.070 |" in table  # every accuracy ties: the one that keeps the most pairs
     assert "No fallback: the best candidate is taken" in table
-    gated = {**choice, "chosen": "a", "gate": {"best": "b", "fallback": "a", "confidence": 0.9, "rivals": 3,
-                                               "lead": 0.01, "z": 1.2, "z_needed": 2.13, "guard": None,
-                                               "guard_z": None, "guard_bound": -np.inf, "harmed": False,
-                                               "passed": False, "dev_pairs": 250, "dev_pairs_needed": 788}}
+    gated = {
+        **choice,
+        "chosen": "a",
+        "gate": {
+            "best": "b",
+            "fallback": "a",
+            "confidence": 0.9,
+            "rivals": 3,
+            "lead": 0.01,
+            "z": 1.2,
+            "z_needed": 2.13,
+            "guard": None,
+            "guard_z": None,
+            "guard_bound": -np.inf,
+            "harmed": False,
+            "passed": False,
+            "dev_pairs": 250,
+            "dev_pairs_needed": 788,
+        },
+    }
     kept = report(gated, results, specs, "final")
     assert kept["chosen"] == "a" and kept["best"] == "b" and kept["regret"] == pytest.approx(0.07)
-    assert ("**Kept the fallback `a`**: 250 dev pairs cannot tell `b` from it (paired lead of `b` over `a` on the "
-            "250 dev pairs: z = 1.20; 2.13 needed for 90% confidence against 3 rival candidates); the same lead "
-            "would need about 788 dev pairs.") in report_markdown(kept)
+    assert (
+        "**Kept the fallback `a`**: 250 dev pairs cannot tell `b` from it (paired lead of `b` over `a` on the "
+        "250 dev pairs: z = 1.20; 2.13 needed for 90% confidence against 3 rival candidates); the same lead "
+        "would need about 788 dev pairs."
+    ) in report_markdown(kept)
     screened = report(choice, results, specs, "screen")  # the judge saw other models than the dev criterion did
     assert screened["regret"] is None and "win_rate" not in screened["candidates"]["a"]

@@ -12,16 +12,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import (completion_tokens, config_arg, dpo_settings, kill_at_first_checkpoint, loop_logps, made_up_run,
-                      make_pairs, one_torch_thread)
+from conftest import (
+    completion_tokens,
+    config_arg,
+    dpo_settings,
+    kill_at_first_checkpoint,
+    loop_logps,
+    made_up_run,
+    make_pairs,
+    one_torch_thread,
+)
 from datasets import Dataset
 from transformers import TrainerCallback
 
+from prefselect.cli import main
 from prefselect.logps import pair_logps
 from prefselect.models import load_model, load_tokenizer
-from prefselect.cli import main
-from prefselect.training import (build_trainer, last_checkpoint, run_key, stable_share, train_dpo,
-                                 with_ref_logps)
+from prefselect.training import build_trainer, last_checkpoint, run_key, stable_share, train_dpo, with_ref_logps
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,8 +67,9 @@ def test_gradient_accumulation_makes_the_same_steps_as_whole_batches(tiny_lm, pa
 
 
 @pytest.mark.parametrize("loss_type, label_smoothing", [("robust", 0.3), ("ipo", 0.0)])
-def test_the_robust_and_ipo_losses_are_trls_on_our_reference_log_probs(tiny_lm, pairs, tmp_path, loss_type,
-                                                                       label_smoothing):
+def test_the_robust_and_ipo_losses_are_trls_on_our_reference_log_probs(
+    tiny_lm, pairs, tmp_path, loss_type, label_smoothing
+):
     """rDPO: [(1−ε)(−log σ(βh)) − ε(−log σ(−βh))]/(1−2ε); IPO: (h_c/n_c − h_r/n_r − 1/(2β))² with n the completion
     tokens: TRL's loss on one batch of all pairs equals each, from log-probs computed one pair at a time."""
     policy = loop_logps(tiny_lm, pairs, 64)
@@ -75,7 +83,10 @@ def test_the_robust_and_ipo_losses_are_trls_on_our_reference_log_probs(tiny_lm, 
     chosen, rejected = policy["chosen_logp"] - ref["chosen_logp"], policy["rejected_logp"] - ref["rejected_logp"]
     if loss_type == "robust":
         h, eps = settings.beta * (chosen - rejected), label_smoothing
-        log_sigmoid = lambda x: -np.logaddexp(0, -x)
+
+        def log_sigmoid(x):
+            return -np.logaddexp(0, -x)
+
         expected = ((1 - eps) * -log_sigmoid(h) - eps * -log_sigmoid(-h)) / (1 - 2 * eps)
     else:
         tokens = completion_tokens(tiny_lm, pairs)
@@ -90,14 +101,29 @@ def test_a_warmup_on_a_fraction_trains_on_exactly_its_stable_share(tiny_lm, tmp_
     shuffled = pd.concat([make_pairs(60).iloc[48:], pairs.iloc[::-1]])  # more pairs, another order
     assert set(stable_share(shuffled, 0.5, seed=3)["id"]) & set(pairs["id"]) == set(share["id"])
     assert set(stable_share(pairs, 0.5, seed=4)["id"]) != set(share["id"])
-    ref = pd.DataFrame({"id": pairs["id"], "chosen_logp": -20.0 - np.arange(48), "rejected_logp": -21.0 - np.arange(48)})
+    ref = pd.DataFrame(
+        {"id": pairs["id"], "chosen_logp": -20.0 - np.arange(48), "rejected_logp": -21.0 - np.arange(48)}
+    )
     pairs.to_parquet(tmp_path / "pairs.parquet")
     ref.to_parquet(tmp_path / "ref.parquet")
-    main(["train", "--model", tiny_lm, "--data", str(tmp_path / "pairs.parquet"), "--ref", str(tmp_path / "ref.parquet"),
-          *config_arg(seed=3, training={"warmup_fraction": 0.5, "batch_size": 2}, data={"max_length": 48}),
-          "--out", str(tmp_path / "share")])
+    main(
+        [
+            "train",
+            "--model",
+            tiny_lm,
+            "--data",
+            str(tmp_path / "pairs.parquet"),
+            "--ref",
+            str(tmp_path / "ref.parquet"),
+            *config_arg(seed=3, training={"warmup_fraction": 0.5, "batch_size": 2}, data={"max_length": 48}),
+            "--out",
+            str(tmp_path / "share"),
+        ]
+    )
     train_dpo(tiny_lm, share, ref, str(tmp_path / "direct"), dpo_settings(batch_size=2, max_length=48, seed=3))
-    steps = [json.loads((tmp_path / name / "training_log.json").read_text())[-1]["step"] for name in ("share", "direct")]
+    steps = [
+        json.loads((tmp_path / name / "training_log.json").read_text())[-1]["step"] for name in ("share", "direct")
+    ]
     assert steps == [-(-len(share) // 2)] * 2  # one step per batch of 2, the last one maybe short
     trained = {name: load_model(str(tmp_path / name)).state_dict() for name in ("share", "direct")}
     for key, weight in trained["direct"].items():
@@ -140,11 +166,23 @@ def test_a_killed_training_resumes_from_its_last_checkpoint_and_ends_as_an_unint
 
     out, checkpoints = tmp_path / "models" / "warmup", tmp_path / "checkpoints" / "warmup"
     command = [
-        sys.executable, "-m", "prefselect", "--threads", "1", "train", "--model", tiny_lm,
-        "--data", str(tmp_path / "pairs.parquet"), "--ref", str(tmp_path / "ref.parquet"),
+        sys.executable,
+        "-m",
+        "prefselect",
+        "--threads",
+        "1",
+        "train",
+        "--model",
+        tiny_lm,
+        "--data",
+        str(tmp_path / "pairs.parquet"),
+        "--ref",
+        str(tmp_path / "ref.parquet"),
         *config_arg(training={"batch_size": 2, "warmup_epochs": 2, "save_steps": 5}, data={"max_length": 48}),
-        "--checkpoint-dir", str(checkpoints),
-        "--out", str(out),
+        "--checkpoint-dir",
+        str(checkpoints),
+        "--out",
+        str(out),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
     kill_at_first_checkpoint(command, env, checkpoints)
@@ -196,8 +234,9 @@ def other_settings(pairs, ref, settings):
 
 
 @pytest.mark.parametrize("change", [other_settings, other_pairs, other_reference])
-def test_checkpoints_of_a_run_with_other_inputs_or_settings_are_not_resumed(tiny_lm, pairs, ref, tmp_path, capsys,
-                                                                             change):
+def test_checkpoints_of_a_run_with_other_inputs_or_settings_are_not_resumed(
+    tiny_lm, pairs, ref, tmp_path, capsys, change
+):
     checkpoints = tmp_path / "checkpoints"
     before = dpo_settings(batch_size=8, epochs=2, save_steps=3, learning_rate=1e-3)
     stale = checkpoints / f"run-{run_key(tiny_lm, pairs, ref, before, None, None)}"
@@ -210,7 +249,9 @@ def test_checkpoints_of_a_run_with_other_inputs_or_settings_are_not_resumed(tiny
     history = train_dpo(tiny_lm, new_pairs, new_ref, str(tmp_path / "model"), settings, checkpoint_dir=str(checkpoints))
     assert "resuming" not in capsys.readouterr().out
     steps = [entry for entry in history if "loss" in entry]
-    assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6] and {e["learning_rate"] for e in steps} == {settings.learning_rate}
+    assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6] and {e["learning_rate"] for e in steps} == {
+        settings.learning_rate
+    }
     assert not checkpoints.exists()
 
 
@@ -224,20 +265,53 @@ def test_a_final_run_continued_from_its_screen_run_is_bit_for_bit_an_uninterrupt
     ref.to_parquet(tmp_path / "ref.parquet")
     selection = pd.DataFrame({"id": pairs["id"], "selected": True})
     selection.to_parquet(tmp_path / "selection.parquet")
-    config = {"training": {"batch_size": 4, "final_epochs": 2, "save_steps": 0}, "data": {"max_length": 48},
-              "selectors": {"full": {"kind": "full"}, "auto": {"kind": "auto", "screen_epochs": 0.5}}}
+    config = {
+        "training": {"batch_size": 4, "final_epochs": 2, "save_steps": 0},
+        "data": {"max_length": 48},
+        "selectors": {"full": {"kind": "full"}, "auto": {"kind": "auto", "screen_epochs": 0.5}},
+    }
     with one_torch_thread():
-        uninterrupted = train_dpo(tiny_lm, pairs, ref, str(tmp_path / "uninterrupted"),
-                                  dpo_settings(batch_size=4, epochs=2, max_length=48, save_steps=0))
+        uninterrupted = train_dpo(
+            tiny_lm,
+            pairs,
+            ref,
+            str(tmp_path / "uninterrupted"),
+            dpo_settings(batch_size=4, epochs=2, max_length=48, save_steps=0),
+        )
     steps = 2 * 40 // 4
 
     def train(stage, out, *extra):
-        command = [sys.executable, "-m", "prefselect", "--threads", "1", "train", "--stage", stage, "--selector",
-                   "full", "--model", tiny_lm, "--data", str(tmp_path / "pairs.parquet"), "--ref",
-                   str(tmp_path / "ref.parquet"), "--selection", str(tmp_path / "selection.parquet"),
-                   *config_arg(**config), "--out", str(tmp_path / out), *extra]
-        run = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO / "workflow")}, capture_output=True,
-                             text=True, timeout=600)
+        command = [
+            sys.executable,
+            "-m",
+            "prefselect",
+            "--threads",
+            "1",
+            "train",
+            "--stage",
+            stage,
+            "--selector",
+            "full",
+            "--model",
+            tiny_lm,
+            "--data",
+            str(tmp_path / "pairs.parquet"),
+            "--ref",
+            str(tmp_path / "ref.parquet"),
+            "--selection",
+            str(tmp_path / "selection.parquet"),
+            *config_arg(**config),
+            "--out",
+            str(tmp_path / out),
+            *extra,
+        ]
+        run = subprocess.run(
+            command,
+            env={**os.environ, "PYTHONPATH": str(REPO / "workflow")},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         return run.stdout
 
@@ -261,5 +335,11 @@ def test_a_final_run_does_not_continue_a_screen_run_of_other_settings(tiny_lm, p
     train_dpo(tiny_lm, pairs, ref, str(tmp_path / "screen"), screen)
     assert (tmp_path / "screen/resume/trainer_state.json").is_file()
     with pytest.raises(ValueError, match="is no screen run of this final run"):
-        train_dpo(tiny_lm, pairs, ref, str(tmp_path / "final"), replace(screen, stop_epochs=None, learning_rate=2e-3),
-                  continue_from=str(tmp_path / "screen"))
+        train_dpo(
+            tiny_lm,
+            pairs,
+            ref,
+            str(tmp_path / "final"),
+            replace(screen, stop_epochs=None, learning_rate=2e-3),
+            continue_from=str(tmp_path / "screen"),
+        )

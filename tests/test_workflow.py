@@ -19,32 +19,91 @@ from prefselect.data import content_id
 REPO = Path(__file__).resolve().parents[1]
 # Every path of the README's output contract that the e2e config makes (no influence, no likelihood judge).
 CONTRACT = [
-    "data/train.parquet", "data/val.parquet", "data/test.parquet", "data/dev.parquet", "data/quarantine.jsonl",
-    "data/report.json", *(f"logps/ref/{split}/{i}-of-2.parquet" for split in ("train", "val", "dev") for i in (0, 1)),
-    "scores/shards/0-of-2.parquet", "scores/shards/1-of-2.parquet", "scores/scores.parquet",
-    "scores/external/rated.parquet", "scores/external/ap.parquet", "scores/crossfit/0-of-2.parquet",
-    "scores/crossfit/1-of-2.parquet", "scores/crossfit.parquet", "eval/results.json", "eval/results.md", "eval/deciles.json", "eval/deciles.md",
-    "eval/dev/choice.json", "eval/tournament.json", "eval/tournament.md", "eval/tournament.png",
+    "data/train.parquet",
+    "data/val.parquet",
+    "data/test.parquet",
+    "data/dev.parquet",
+    "data/quarantine.jsonl",
+    "data/report.json",
+    *(f"logps/ref/{split}/{i}-of-2.parquet" for split in ("train", "val", "dev") for i in (0, 1)),
+    "scores/shards/0-of-2.parquet",
+    "scores/shards/1-of-2.parquet",
+    "scores/scores.parquet",
+    "scores/external/rated.parquet",
+    "scores/external/ap.parquet",
+    "scores/crossfit/0-of-2.parquet",
+    "scores/crossfit/1-of-2.parquet",
+    "scores/crossfit.parquet",
+    "eval/results.json",
+    "eval/results.md",
+    "eval/deciles.json",
+    "eval/deciles.md",
+    "eval/dev/choice.json",
+    "eval/tournament.json",
+    "eval/tournament.md",
+    "eval/tournament.png",
     *(f"eval/plots/{name}" for name in ("scores.png", "training.png", "results.png", "results.html", "data.html")),
-    "benchmarks/aux.tsv", "benchmarks/score/0-of-2.tsv", "benchmarks/score/1-of-2.tsv",
-    *(f"demo/{name}" for name in ("snippets.parquet", "train.jsonl", "val.jsonl", "dev.jsonl", "eval_prompts.jsonl",
-                                  "pairs_stats.json")),
+    "benchmarks/aux.tsv",
+    "benchmarks/score/0-of-2.tsv",
+    "benchmarks/score/1-of-2.tsv",
+    *(
+        f"demo/{name}"
+        for name in (
+            "snippets.parquet",
+            "train.jsonl",
+            "val.jsonl",
+            "dev.jsonl",
+            "eval_prompts.jsonl",
+            "pairs_stats.json",
+        )
+    ),
 ]
 SCORE_COLUMNS = [
-    "id", "ref_chosen_logp", "ref_rejected_logp", "chosen_logp", "rejected_logp", "aux_chosen_logp",
-    "aux_rejected_logp", "irm", "aux_irm", "loss", "aux_loss", "lossdiff",
+    "id",
+    "ref_chosen_logp",
+    "ref_rejected_logp",
+    "chosen_logp",
+    "rejected_logp",
+    "aux_chosen_logp",
+    "aux_rejected_logp",
+    "irm",
+    "aux_irm",
+    "loss",
+    "aux_loss",
+    "lossdiff",
 ]
 CANDIDATES = ["lossdiff_irm", "full", "aux_irm_top50"]  # the auto selector's: two named, one from its grid
 GRID_ONLY = {"aux_irm_top50"}  # a candidate with no selector of its own in the config
-SELECTORS = ["lossdiff_irm", "full", "random", "oracle", "rated", "ap", "rdpo", "selective_dpo", "auto", "aux_irm_top50"]
+SELECTORS = [
+    "lossdiff_irm",
+    "full",
+    "random",
+    "oracle",
+    "rated",
+    "ap",
+    "rdpo",
+    "selective_dpo",
+    "auto",
+    "aux_irm_top50",
+]
 
 pytestmark = pytest.mark.e2e
 
 
 def snakemake(workdir: Path, *args: str, config: str = "config.yaml") -> subprocess.CompletedProcess:
     command = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(REPO / "tests" / "e2e" / config), "--cores", "2", *args,
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(REPO / "tests" / "e2e" / config),
+        "--cores",
+        "2",
+        *args,
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
@@ -135,10 +194,13 @@ def test_results_say_where_they_came_from(workdir):
         assert samples["inputs"]["model"] == provenance.model_fingerprint(str(out / f"models/final-{selector}"))
         assert samples["config"]["seed"] == 0
         assert made["inputs"][f"selection/{selector}"]["fingerprint"] == provenance.fingerprint_of(
-            out / f"selection/{selector}.parquet")
+            out / f"selection/{selector}.parquet"
+        )
     tournament = json.loads((out / "eval/tournament.json").read_text())["provenance"]
     choice = json.loads((out / "eval/dev/choice.json").read_text())
-    assert tournament["inputs"]["choice"]["fingerprint"] == f"file:{provenance.file_digest(out / 'eval/dev/choice.json')}"
+    assert (
+        tournament["inputs"]["choice"]["fingerprint"] == f"file:{provenance.file_digest(out / 'eval/dev/choice.json')}"
+    )
     for name in CANDIDATES:
         dev = choice["provenance"]["inputs"][f"dev_logps/{name}"]
         assert dev["inputs"]["model"] == provenance.model_fingerprint(str(out / f"models/final-{name}"))
@@ -169,7 +231,10 @@ def test_selective_dpo_keeps_the_lowest_cross_fitted_losses(workdir):
     assert list(deciles) == ["lossdiff", "irm", "aux_irm", "xfit_irm"]  # where the flipped labels sit in each
     report = json.loads((out / "data/report.json").read_text())
     assert report["dev"] == len(pd.read_parquet(out / "data/dev.parquet")) > 40  # of 48 made, less quarantined ones
-    assert sum(report["rows_read"].values()) == report["train"] + report["val"] + report["dev"] + report["quarantined_total"]
+    assert (
+        sum(report["rows_read"].values())
+        == report["train"] + report["val"] + report["dev"] + report["quarantined_total"]
+    )
 
 
 def test_auto_adopts_the_selection_and_model_of_the_candidate_its_dev_criterion_prefers(workdir):
@@ -181,8 +246,11 @@ def test_auto_adopts_the_selection_and_model_of_the_candidate_its_dev_criterion_
     assert choice["best"] == max(CANDIDATES, key=lambda name: choice["candidates"][name]["margin"])
     assert choice["gate"]["fallback"] == "full"  # the default: kept unless the dev pairs separate the best from it
     assert chosen == (choice["best"] if choice["gate"]["passed"] else "full")
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "selection/auto.parquet"),
-                                  pd.read_parquet(out / f"selection/{chosen}.parquet"), check_exact=True)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "selection/auto.parquet"),
+        pd.read_parquet(out / f"selection/{chosen}.parquet"),
+        check_exact=True,
+    )
     for file in ("model.safetensors", "config.json", "training_log.json"):
         assert (out / "models/final-auto" / file).read_bytes() == (out / f"models/final-{chosen}" / file).read_bytes()
     dev_ids = set(pd.read_parquet(out / "data/dev.parquet")["id"])
@@ -217,8 +285,11 @@ def test_the_exports_are_the_demo_rows_of_the_kept_ids(workdir):
         pd.testing.assert_frame_equal(table, pd.DataFrame([{"id": i, **json.loads(rows[i])} for i in kept]))
     chosen = json.loads((out / "eval/dev/choice.json").read_text())["chosen"]
     assert (out / "selected/auto.jsonl").read_bytes() == (out / f"selected/{chosen}.jsonl").read_bytes()
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "selected/auto.parquet"),
-                                  pd.read_parquet(out / f"selected/{chosen}.parquet"), check_exact=True)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "selected/auto.parquet"),
+        pd.read_parquet(out / f"selected/{chosen}.parquet"),
+        check_exact=True,
+    )
 
 
 def readme_selection_only() -> tuple[str, str]:
@@ -257,8 +328,10 @@ def test_a_selectors_own_final_loss_retrains_its_final_run_and_nothing_it_does_n
     config["selectors"]["lossdiff_irm"]["final"] = {"loss_type": "ipo"}
     (tmp_path / "ipo.yaml").write_text(yaml.safe_dump(config))
     plans = [snakemake(workdir, "-n", "-p", config=path).stdout for path in ("config.yaml", str(tmp_path / "ipo.yaml"))]
-    selections, finals = ([set(re.findall(pattern, plan)) for plan in plans]
-                          for pattern in (r"prefselect select --config .* --selector (\w+)", r"train --stage final --selector (\w+)"))
+    selections, finals = (
+        [set(re.findall(pattern, plan)) for plan in plans]
+        for pattern in (r"prefselect select --config .* --selector (\w+)", r"train --stage final --selector (\w+)")
+    )
     assert selections[1] == selections[0]
     assert finals[1] - finals[0] == {"lossdiff_irm"}
 
@@ -378,8 +451,17 @@ def test_the_selections_target_stops_after_the_selections(tmp_path):
     export, but no final run, sampling, evaluation or tournament; auto's export waits for those, so it is not one."""
     plan = snakemake(tmp_path, "-n", "selections").stdout
     planned = jobs_of(plan)
-    assert not {"final", "sample", "heldout_logps", "evaluate", "tournament", "adopt_winner", "tournament_report",
-                "diagnose", "plots"} & set(planned)
+    assert not {
+        "final",
+        "sample",
+        "heldout_logps",
+        "evaluate",
+        "tournament",
+        "adopt_winner",
+        "tournament_report",
+        "diagnose",
+        "plots",
+    } & set(planned)
     assert planned["export"] == planned["select"] + planned["select_matched"] == len(SELECTORS) - 1
     assert {"warmup", "aux", "score", "merge_scores", "select_matched"} <= set(planned)
     assert planned["ref_logps"] == 4  # of the training and validation pairs; the dev pairs are the tournament's
@@ -389,8 +471,16 @@ def test_the_selections_target_stops_after_the_selections(tmp_path):
 def test_html_report_holds_the_figures(workdir, tmp_path):
     snakemake(workdir, "--report", str(tmp_path / "report.zip"))
     names = [Path(n).name for n in zipfile.ZipFile(tmp_path / "report.zip").namelist()]
-    for figure in ["scores.png", "training.png", "results.png", "results.html", "data.html", "tournament.png",
-                   "tournament.md", "report.html"]:
+    for figure in [
+        "scores.png",
+        "training.png",
+        "results.png",
+        "results.html",
+        "data.html",
+        "tournament.png",
+        "tournament.md",
+        "report.html",
+    ]:
         assert figure in names, figure
 
 
@@ -413,9 +503,21 @@ def test_rerun_after_a_lost_score_shard_recomputes_only_that_shard_and_its_depen
     # random and rated keep as many pairs as lossdiff_irm (select_matched). The cross-fitted scores are joined to
     # the new scores again, but neither their warm-ups nor their scoring rerun.
     assert planned == {
-        "all": 1, "score": 1, "merge_scores": 1, "join_crossfit": 1, "select": n - 3, "select_matched": 2, "export": n,
-        "final": n - 1, "sample": n, "evaluate": 1,
-        "diagnose": 1, "plots": 1, "heldout_logps": len(CANDIDATES), "tournament": 1, "adopt_winner": 1,
+        "all": 1,
+        "score": 1,
+        "merge_scores": 1,
+        "join_crossfit": 1,
+        "select": n - 3,
+        "select_matched": 2,
+        "export": n,
+        "final": n - 1,
+        "sample": n,
+        "evaluate": 1,
+        "diagnose": 1,
+        "plots": 1,
+        "heldout_logps": len(CANDIDATES),
+        "tournament": 1,
+        "adopt_winner": 1,
         "tournament_report": 1,
     }
     snakemake(workdir)
@@ -429,8 +531,17 @@ def test_the_dag_runs_with_lora_adapters_in_every_stage(workdir, tmp_path):
     lora = shutil.copytree(workdir, tmp_path / "lora", symlinks=True)
     planned = jobs_of(snakemake(lora, "-n", config="config_lora.yaml").stdout)
     assert not {"demo_sft", "demo_pairs", "prepare", "ref_logps"} & set(planned)
-    assert {"warmup", "aux", "score", "final", "heldout_logps", "tournament", "adopt_winner", "sample",
-            "evaluate"} <= set(planned)
+    assert {
+        "warmup",
+        "aux",
+        "score",
+        "final",
+        "heldout_logps",
+        "tournament",
+        "adopt_winner",
+        "sample",
+        "evaluate",
+    } <= set(planned)
     snakemake(lora, config="config_lora.yaml")
     out = lora / "results"
     choice = json.loads((out / "eval/dev/choice.json").read_text())

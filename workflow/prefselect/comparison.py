@@ -48,8 +48,12 @@ def tournament_summary(reports: list[dict]) -> dict:
     """Over the runs (`tournament.json` beside each results.json): the best candidate by the judge in each, and
     per dev criterion what it chose in each run, with the mean regret of those choices and the mean rank
     correlation of the criterion with the judge."""
-    summary = {"criterion": reports[0]["criterion"], "best_in_hindsight": [rep["best_in_hindsight"] for rep in reports],
-               "chosen": [rep["chosen"] for rep in reports], "by_criterion": {}}
+    summary = {
+        "criterion": reports[0]["criterion"],
+        "best_in_hindsight": [rep["best_in_hindsight"] for rep in reports],
+        "chosen": [rep["chosen"] for rep in reports],
+        "by_criterion": {},
+    }
     regrets = [rep["regret"] for rep in reports if rep.get("regret") is not None]
     summary["regret"] = _mean_std(regrets) if regrets else None
     for criterion in reports[0]["by_criterion"]:
@@ -65,25 +69,39 @@ def tournament_summary(reports: list[dict]) -> dict:
 def comparison_markdown(comparison: dict) -> str:
     baselines = [b for b in comparison["baselines"] if b in comparison["selectors"]]
     has_truth = any("flipped_share_kept" in row for row in comparison["selectors"].values())
-    header = ["selector", "kept", "win rate"] + [f"Δ vs {b}" for b in baselines] + (["flipped kept"] if has_truth else [])
+    header = (
+        ["selector", "kept", "win rate"] + [f"Δ vs {b}" for b in baselines] + (["flipped kept"] if has_truth else [])
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def cell(stat):
         return f"{stat['mean']:+.3f} ± {stat['std']:.3f}" if stat else "–"
 
     for name, row in comparison["selectors"].items():
-        cells = [name, f"{row['kept_fraction']['mean']:.2f}", f"{row['win_rate']['mean']:.3f} ± {row['win_rate']['std']:.3f}"]
+        cells = [
+            name,
+            f"{row['kept_fraction']['mean']:.2f}",
+            f"{row['win_rate']['mean']:.3f} ± {row['win_rate']['std']:.3f}",
+        ]
         cells += [cell(row.get(f"vs_{b}")) for b in baselines]
         if has_truth:
             cells.append(f"{row['flipped_share_kept']['mean']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Mean ± standard deviation over {comparison['n_runs']} runs (seeds); Δ = paired difference of win rates.")
+    lines.append(
+        f"Mean ± standard deviation over {comparison['n_runs']} runs (seeds); Δ = paired difference of win rates."
+    )
     if "tournament" in comparison:
         lines += ["", *tournament_markdown(comparison["tournament"], comparison["n_runs"])]
     if "deciles" in comparison:
-        lines += ["", "AUC of each score for \"flipped pairs score low\" (0.5: the score does not see the noise), mean "
-                      f"± std over {comparison['n_runs']} runs:", "", "| score | AUC |", "|---|---|"]
+        lines += [
+            "",
+            'AUC of each score for "flipped pairs score low" (0.5: the score does not see the noise), mean '
+            f"± std over {comparison['n_runs']} runs:",
+            "",
+            "| score | AUC |",
+            "|---|---|",
+        ]
         lines += [f"| {score} | {auc['mean']:.3f} ± {auc['std']:.3f} |" for score, auc in comparison["deciles"].items()]
     return "\n".join(lines) + "\n"
 
@@ -93,13 +111,21 @@ def tournament_markdown(summary: dict, n_runs: int) -> list[str]:
         return "–" if value is None else f"{value['mean']:{spec}} ± {value['std']:{spec}}"
 
     best = ", ".join(str(name or "– (not judged)") for name in summary["best_in_hindsight"])
-    lines = [f"Tournament over the runs; best candidate by the judge in each run: {best}.", "",
-             "| criterion | chose, per run | regret | Spearman vs judge |", "|---|---|---|---|"]
+    lines = [
+        f"Tournament over the runs; best candidate by the judge in each run: {best}.",
+        "",
+        "| criterion | chose, per run | regret | Spearman vs judge |",
+        "|---|---|---|---|",
+    ]
     for criterion, row in summary["by_criterion"].items():
         mark = " (configured)" if criterion == summary["criterion"] else ""
-        lines.append(f"| {criterion}{mark} | {', '.join(row['chosen'])} | {stat(row['regret'], '.3f')} | "
-                     f"{stat(row['spearman'], '.2f')} |")
-    lines.append(f"| the choice made, after the fallback's gate | {', '.join(summary['chosen'])} | "
-                 f"{stat(summary['regret'], '.3f')} | – |")
+        lines.append(
+            f"| {criterion}{mark} | {', '.join(row['chosen'])} | {stat(row['regret'], '.3f')} | "
+            f"{stat(row['spearman'], '.2f')} |"
+        )
+    lines.append(
+        f"| the choice made, after the fallback's gate | {', '.join(summary['chosen'])} | "
+        f"{stat(summary['regret'], '.3f')} | – |"
+    )
     lines += ["", f"Regret: the best candidate's win rate minus the chosen one's, mean ± std over {n_runs} runs."]
     return lines

@@ -139,8 +139,10 @@ def _expand_grid(selectors: dict) -> None:
         for candidate, rule in grid_selectors(spec["grid"]).items():
             _check_schema(rule, _schema()["properties"]["selectors"]["additionalProperties"], ("selectors", candidate))
             if selectors.setdefault(candidate, rule) != rule:
-                raise ConfigError(f"config key selectors.{name}.grid: it makes a selector {candidate!r}, but "
-                                  f"selectors.{candidate} is already another rule; rename that one")
+                raise ConfigError(
+                    f"config key selectors.{name}.grid: it makes a selector {candidate!r}, but "
+                    f"selectors.{candidate} is already another rule; rename that one"
+                )
 
 
 def _check_auto(key: str, spec: dict, selectors: dict) -> None:
@@ -154,10 +156,16 @@ def _check_auto(key: str, spec: dict, selectors: dict) -> None:
     for where, candidate in named + ([("fallback", spec["fallback"])] if spec["fallback"] is not None else []):
         kind = selectors.get(candidate, {}).get("kind")
         if kind is None or kind in ("auto", "oracle") or selectors[candidate].get("like") == name:
-            allowed = sorted(n for n, s in selectors.items() if s["kind"] not in ("auto", "oracle")
-                             and s.get("like") != name)
-            why = ("reads the ground truth" if kind == "oracle" else
-                   "waits for this selector's own choice (like)" if kind else "is no selector to compete")
+            allowed = sorted(
+                n for n, s in selectors.items() if s["kind"] not in ("auto", "oracle") and s.get("like") != name
+            )
+            why = (
+                "reads the ground truth"
+                if kind == "oracle"
+                else "waits for this selector's own choice (like)"
+                if kind
+                else "is no selector to compete"
+            )
             hint = " (null: no fallback)" if where == "fallback" else ""
             raise ConfigError(f"config key {key}.{where}: {candidate!r} {why}; allowed values: {allowed}{hint}")
     if len(candidate_names(spec)) < 2:
@@ -170,8 +178,10 @@ def _check_rungs(config: dict) -> None:
     spec = config["selectors"][name] if name else {}
     screen, final = spec.get("screen_epochs"), config["training"]["final_epochs"]
     if screen is not None and screen >= final:
-        raise ConfigError(f"config key selectors.{name}.screen_epochs: {screen} must be below training.final_epochs "
-                          f"({final}): a screen run stops part-way through its final run")
+        raise ConfigError(
+            f"config key selectors.{name}.screen_epochs: {screen} must be below training.final_epochs "
+            f"({final}): a screen run stops part-way through its final run"
+        )
     if spec.get("finalists") is not None and screen is None:
         raise ConfigError(f"config key selectors.{name}.finalists: needs screen_epochs, the rung that picks them")
 
@@ -212,7 +222,9 @@ def _check_target(key: str, spec: dict, selectors: dict) -> None:
     # A selection with a `like` of its own could close a cycle; one without it never waits on another.
     allowed = sorted(n for n, s in selectors.items() if "like" not in s and f"selectors.{n}" != key)
     if like is not None and like not in allowed:
-        raise ConfigError(f"config key {key}.like: {like!r} is not a selector without `like`; allowed values: {allowed}")
+        raise ConfigError(
+            f"config key {key}.like: {like!r} is not a selector without `like`; allowed values: {allowed}"
+        )
 
 
 def _check_influence(config: dict) -> None:
@@ -227,14 +239,18 @@ def _check_influence(config: dict) -> None:
         if crossfitted and not config["crossfit"]["folds"]:
             raise ConfigError(f"config key selectors.{name}.bands.{crossfitted[0]}: needs crossfit.folds")
         if crossfitted and "influence" in bands:
-            raise ConfigError(f"config key selectors.{name}.bands: influence and cross-fitted scores are not read "
-                              "together; use one or the other")
+            raise ConfigError(
+                f"config key selectors.{name}.bands: influence and cross-fitted scores are not read "
+                "together; use one or the other"
+            )
 
 
 def _check_sources(config: dict) -> None:
     model, data = config["model"], config["data"]
-    packaged = (("model.gguf", model["gguf"], "model.path", model["path"]),
-                ("data.package", data["package"], "data.source", data["source"]))
+    packaged = (
+        ("model.gguf", model["gguf"], "model.path", model["path"]),
+        ("data.package", data["package"], "data.source", data["source"]),
+    )
     for key, spec, made, given in packaged:
         if spec is not None and given is not None:
             raise ConfigError(f"config key {key}: it makes {made}, so {made} must not be set as well")
@@ -250,11 +266,13 @@ def _check_sources(config: dict) -> None:
                 )
         return
     if config["model"]["path"] is None and config["model"]["gguf"] is None:
-        raise ConfigError("config key model.path: required (a hub id or local folder, or model.gguf) unless "
-                          "demo.enabled is true")
+        raise ConfigError(
+            "config key model.path: required (a hub id or local folder, or model.gguf) unless demo.enabled is true"
+        )
     if config["data"]["source"] is None and config["data"]["package"] is None:
-        raise ConfigError("config key data.source: required (a hub id or local file, or data.package) unless "
-                          "demo.enabled is true")
+        raise ConfigError(
+            "config key data.source: required (a hub id or local file, or data.package) unless demo.enabled is true"
+        )
     if any(spec["kind"] == "oracle" for spec in config["selectors"].values()):
         raise ConfigError("config key selectors: the oracle selector needs the demo's ground truth (demo.enabled)")
 
@@ -265,13 +283,17 @@ def _check_heldout(config: dict) -> None:
         raise ConfigError("config key data.test_fraction: data.val_fraction + data.test_fraction must stay below 1")
     likelihood = config["evaluation"]["judge"]["kind"] == "likelihood"
     if likelihood and not (data["test_fraction"] or data["test"]):
-        raise ConfigError("config key data.test_fraction: the likelihood judge needs test pairs that no stage trains "
-                          "or selects on; set it above 0 (e.g. 0.2), or give data.test")
+        raise ConfigError(
+            "config key data.test_fraction: the likelihood judge needs test pairs that no stage trains "
+            "or selects on; set it above 0 (e.g. 0.2), or give data.test"
+        )
     if data["test"] and data["test_fraction"]:
         raise ConfigError("config key data.test_fraction: data.test gives the test pairs; leave test_fraction at 0")
     if config["demo"]["enabled"] and config["demo"]["task"] == "human_labels" and not likelihood:
-        raise ConfigError("config key evaluation.judge: the demo's human_labels task is judged on its gold test "
-                          "pairs by the likelihood judge; set it to likelihood")
+        raise ConfigError(
+            "config key evaluation.judge: the demo's human_labels task is judged on its gold test "
+            "pairs by the likelihood judge; set it to likelihood"
+        )
 
 
 def resolve_sources(config: dict) -> dict:

@@ -44,8 +44,13 @@ def fold_scores(ref: pd.DataFrame, logps: pd.DataFrame, beta: float, loss_type: 
     table = logps.merge(ref, on="id", how="left", suffixes=("", "_ref"), validate="one_to_one")
     if table["chosen_logp_ref"].isna().any():
         raise ValueError(f"reference log-probs are missing for {int(table['chosen_logp_ref'].isna().sum())} pairs")
-    irm = implicit_reward_margin(table["chosen_logp"].to_numpy(), table["rejected_logp"].to_numpy(),
-                                 table["chosen_logp_ref"].to_numpy(), table["rejected_logp_ref"].to_numpy(), beta)
+    irm = implicit_reward_margin(
+        table["chosen_logp"].to_numpy(),
+        table["rejected_logp"].to_numpy(),
+        table["chosen_logp_ref"].to_numpy(),
+        table["rejected_logp_ref"].to_numpy(),
+        beta,
+    )
     return pd.DataFrame({"id": table["id"], "xfit_irm": irm, "xfit_loss": pair_loss(irm, loss_type)})
 
 

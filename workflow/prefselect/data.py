@@ -13,10 +13,11 @@ import hashlib
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import datasets
 import huggingface_hub
@@ -34,8 +35,16 @@ log = logging.getLogger(__name__)
 
 FIELDS = ("prompt", "chosen", "rejected")
 REASONS = (
-    "invalid_json", "missing_field", "not_a_string", "empty_field", "identical_completions", "duplicate_id",
-    "prompt_too_long", "mixed_format", "chat_template_mismatch", "invalid_roles",
+    "invalid_json",
+    "missing_field",
+    "not_a_string",
+    "empty_field",
+    "identical_completions",
+    "duplicate_id",
+    "prompt_too_long",
+    "mixed_format",
+    "chat_template_mismatch",
+    "invalid_roles",
 )
 # ShareGPT-style pairs (LLaMA-Factory's `ranking` data, e.g. its dpo_en_demo.json): the prompt turns under
 # `conversations`, and `chosen`/`rejected` as single {from, value} turns. Roles map to the chat template's.
@@ -111,7 +120,9 @@ def _read_parquet(path: Path, file: str) -> list[Row]:
 
 
 READERS: dict[str, Callable[[Path, str], list[Row]]] = {
-    ".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet,
+    ".jsonl": _read_jsonl,
+    ".json": _read_json,
+    ".parquet": _read_parquet,
 }
 
 
@@ -269,8 +280,9 @@ def _sharegpt_pair(record: dict) -> Pair:
     for key, turn in named:
         if turn["from"] not in SHAREGPT_ROLES:
             raise _Reject("invalid_roles", f"{key} has role {turn['from']!r}; known roles: {', '.join(SHAREGPT_ROLES)}")
-    prompt, chosen, rejected = ([{"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]} for t in ts]
-                                for ts in (turns, [chosen], [rejected]))
+    prompt, chosen, rejected = (
+        [{"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]} for t in ts] for ts in (turns, [chosen], [rejected])
+    )
     if not prompt:
         raise _Reject("empty_field", f"{SHAREGPT} has no turns")
     if prompt[-1]["role"] != "user":
@@ -296,7 +308,7 @@ def _render(pair: Pair, tokenizer: PreTrainedTokenizerBase) -> Pair:
             full = tokenizer.apply_chat_template(pair["prompt"] + pair[key], tokenize=False)
             if not full.startswith(prompt):
                 raise _Reject("chat_template_mismatch", f"prompt+{key} does not start with the rendered prompt")
-            completion = full[len(prompt):]
+            completion = full[len(prompt) :]
             ends_with_eos = tokenizer.eos_token and completion.rstrip().endswith(tokenizer.eos_token)
             rendered[key] = completion.rstrip() if ends_with_eos else completion
     except TemplateError as err:  # the template rejects this conversation (e.g. roles that do not alternate)
@@ -356,7 +368,12 @@ def _frame(rows: list[Row]) -> pd.DataFrame:
 
 def _quarantine_line(row: Row) -> dict:
     return {
-        "row": row.index, "file": row.file, "id": row.id, "reason": row.reason, "detail": row.detail, "raw": row.raw,
+        "row": row.index,
+        "file": row.file,
+        "id": row.id,
+        "reason": row.reason,
+        "detail": row.detail,
+        "raw": row.raw,
     }
 
 
@@ -444,8 +461,9 @@ def prepare(
         names["test"] = dataset_name(test, test_split)
     for earlier, later in combinations(names, 2):
         if names[later] == names[earlier]:
-            raise ValueError(f"{later} is the same as {earlier} ({names[later]!r}): every {later} row would be a "
-                             "duplicate")
+            raise ValueError(
+                f"{later} is the same as {earlier} ({names[later]!r}): every {later} row would be a duplicate"
+            )
     tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
     files = list(names.values())
     rows = read_rows(source, split) + (read_rows(validation, validation_split) if validation else [])
@@ -471,8 +489,12 @@ def prepare(
     if not test:
         test_ids = {r.id for r in train if not in_val(r.id, seed, 1 - test_fraction)}
         train, test_rows = [r for r in train if r.id not in test_ids], [r for r in train if r.id in test_ids]
-    splits = {"train": train, "val": val, "test": test_rows if test or test_fraction else None,
-              "dev": dev_rows if dev or dev_fraction else None}
+    splits = {
+        "train": train,
+        "val": val,
+        "test": test_rows if test or test_fraction else None,
+        "dev": dev_rows if dev or dev_fraction else None,
+    }
     _check_sizes(rows, splits, min_rows)
     report = _report(rows, files, splits, fmt)
 

@@ -35,6 +35,7 @@ EOS, PAD = "<|endoftext|>", "<|pad|>"
 
 # ---------------------------------------------------------------------------------------------- snippets
 
+
 def _tar_member(data: bytes, name: str) -> bytes:
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         return tar.extractfile(name).read()
@@ -44,8 +45,10 @@ def _verified_sdist(path: Path) -> bytes:
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != SNIPPETS_SHA256:
-        raise ValueError(f"{path}: sha256 {digest} does not match the vaderSentiment 3.3.2 source "
-                         f"distribution ({SNIPPETS_SHA256}); the file is corrupted or a different release")
+        raise ValueError(
+            f"{path}: sha256 {digest} does not match the vaderSentiment 3.3.2 source "
+            f"distribution ({SNIPPETS_SHA256}); the file is corrupted or a different release"
+        )
     return data
 
 
@@ -87,6 +90,7 @@ def fetch_snippets(out: str, local_copy: str | None = None) -> None:
 
 # ---------------------------------------------------------------------------------------------- tokenizer
 
+
 def build_tokenizer(snippets: str, out_dir: str, vocab_size: int = 2048) -> None:
     """Byte-level BPE on the snippet texts; ids 0..N-1 with EOS=BOS=0, PAD=1, nothing appended on encode."""
     texts = pd.read_parquet(snippets).text.tolist()
@@ -94,11 +98,16 @@ def build_tokenizer(snippets: str, out_dir: str, vocab_size: int = 2048) -> None
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     # Special tokens first, then all 256 byte symbols, then merges: contiguous ids, no unknown bytes.
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, PAD],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD,
-                                 clean_up_tokenization_spaces=False)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD, clean_up_tokenization_spaces=False
+    )
     ids = sorted(tok.get_vocab().values())
     if ids != list(range(len(hf))) or hf("a b")["input_ids"][-1] == hf.eos_token_id:
         raise RuntimeError("tokenizer ids are not contiguous or encoding appends EOS")
@@ -108,12 +117,13 @@ def build_tokenizer(snippets: str, out_dir: str, vocab_size: int = 2048) -> None
 
 # ---------------------------------------------------------------------------------------------- SFT model
 
+
 def _token_matrix(texts: list[str], tokenizer, n_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each text + EOS, truncated to n_positions, right-padded into one matrix; also the lengths."""
     seqs = [(ids + [tokenizer.eos_token_id])[:n_positions] for ids in tokenizer(texts)["input_ids"]]
     data = torch.full((len(seqs), n_positions), tokenizer.pad_token_id)
     for i, s in enumerate(seqs):
-        data[i, :len(s)] = torch.tensor(s)
+        data[i, : len(s)] = torch.tensor(s)
     return data, torch.tensor([len(s) for s in seqs])
 
 
@@ -125,25 +135,50 @@ def _lr(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_sft(snippets: str, tokenizer_dir: str, out_dir: str, *, n_layer: int, n_embd: int, n_head: int,
-              n_positions: int, steps: int, batch_size: int, learning_rate: float, seed: int) -> dict:
+def train_sft(
+    snippets: str,
+    tokenizer_dir: str,
+    out_dir: str,
+    *,
+    n_layer: int,
+    n_embd: int,
+    n_head: int,
+    n_positions: int,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+) -> dict:
     """Train a tiny GPT-2 from scratch on snippet + EOS sequences; save model and tokenizer to out_dir."""
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     data, lengths = _token_matrix(pd.read_parquet(snippets).text.tolist(), tokenizer, n_positions)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
-                        n_head=n_head, bos_token_id=eos, eos_token_id=eos, pad_token_id=pad,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # a few epochs at most: too short to overfit
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )  # a few epochs at most: too short to overfit
     model = GPT2LMHeadModel(config).train()
     decay = [p for p in model.parameters() if p.dim() >= 2]  # no weight decay on biases and norms
     rest = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                            lr=learning_rate, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+        lr=learning_rate,
+        betas=(0.9, 0.99),
+    )
     losses, t0 = [], time.time()
     for step in range(steps):
         idx = torch.randint(len(data), (batch_size,))
-        x = data[idx, :lengths[idx].max()]  # trim the batch to its longest sequence
+        x = data[idx, : lengths[idx].max()]  # trim the batch to its longest sequence
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, learning_rate, warmup=max(1, steps // 20))
         loss = model(input_ids=x, attention_mask=x != pad, labels=x.masked_fill(x == pad, -100)).loss
@@ -153,9 +188,13 @@ def train_sft(snippets: str, tokenizer_dir: str, out_dir: str, *, n_layer: int, 
         opt.step()
         losses.append(loss.item())
     window = max(1, steps // 10)  # average over a tenth of the run: single batches are noisy
-    stats = {"params": sum(p.numel() for p in model.parameters()), "steps": steps,
-             "initial_loss": float(np.mean(losses[:window])), "final_loss": float(np.mean(losses[-window:])),
-             "seconds": round(time.time() - t0, 1)}
+    stats = {
+        "params": sum(p.numel() for p in model.parameters()),
+        "steps": steps,
+        "initial_loss": float(np.mean(losses[:window])),
+        "final_loss": float(np.mean(losses[-window:])),
+        "seconds": round(time.time() - t0, 1),
+    }
     model.generation_config.update(bos_token_id=eos, eos_token_id=eos, pad_token_id=pad)
     with atomic_path(out_dir, is_dir=True) as tmp:
         model.eval().save_pretrained(tmp)
@@ -165,6 +204,7 @@ def train_sft(snippets: str, tokenizer_dir: str, out_dir: str, *, n_layer: int, 
 
 
 # ---------------------------------------------------------------------------------------------- judge and pairs
+
 
 @functools.cache
 def _analyzer() -> SentimentIntensityAnalyzer:
@@ -183,20 +223,25 @@ def _prompt_pool(snippets: str, prompt_words: int, rng: np.random.Generator) -> 
     return list(dict.fromkeys(" ".join(w[:prompt_words]) for w in words if len(w) > prompt_words))
 
 
-def _best_vs_worst(model_dir: str, prompts: list[str], samples: int, max_new_tokens: int,
-                   seed: int) -> pd.DataFrame:
+def _best_vs_worst(model_dir: str, prompts: list[str], samples: int, max_new_tokens: int, seed: int) -> pd.DataFrame:
     """Per prompt, the highest- and the lowest-scoring of `samples` sampled continuations."""
     df = sample_continuations(model_dir, prompts, samples, max_new_tokens, seed)
     df["score"] = vader_scores([prompts[i] + c for i, c in zip(df.prompt_index, df.continuation)])
     by_prompt = df.groupby("prompt_index").score  # sorted by prompt_index, so rows line up with `prompts`
     best, worst = df.loc[by_prompt.idxmax()], df.loc[by_prompt.idxmin()]
-    return pd.DataFrame({"prompt": prompts, "chosen": best.continuation.to_numpy(),
-                         "rejected": worst.continuation.to_numpy(),
-                         "oracle_margin": best.score.to_numpy() - worst.score.to_numpy()})
+    return pd.DataFrame(
+        {
+            "prompt": prompts,
+            "chosen": best.continuation.to_numpy(),
+            "rejected": worst.continuation.to_numpy(),
+            "oracle_margin": best.score.to_numpy() - worst.score.to_numpy(),
+        }
+    )
 
 
-def _draw_pairs(model_dir: str, pool: list[str], n: int, rng: np.random.Generator,
-                **sampling) -> tuple[pd.DataFrame, int, list[str]]:
+def _draw_pairs(
+    model_dir: str, pool: list[str], n: int, rng: np.random.Generator, **sampling
+) -> tuple[pd.DataFrame, int, list[str]]:
     """The first n untied pairs from the head of the pool, judging ~30% spare prompts per round for ties.
 
     Returns the pairs, the ties dropped before the last kept prompt, and the untouched rest of the pool.
@@ -212,14 +257,13 @@ def _draw_pairs(model_dir: str, pool: list[str], n: int, rng: np.random.Generato
     df = pd.concat(judged, ignore_index=True)
     untied = df.oracle_margin > 0
     kept = df[untied].head(n)
-    return kept.reset_index(drop=True), int((~untied.loc[:kept.index[-1]]).sum()), pool
+    return kept.reset_index(drop=True), int((~untied.loc[: kept.index[-1]]).sum()), pool
 
 
 NOISE_MODELS = ("uniform", "bradley_terry")
 
 
-def _flip_mask(gaps: np.ndarray, noise: float, noise_model: str, tau: float,
-               rng: np.random.Generator) -> np.ndarray:
+def _flip_mask(gaps: np.ndarray, noise: float, noise_model: str, tau: float, rng: np.random.Generator) -> np.ndarray:
     """Which pairs to flip. uniform: exactly round(noise * n) pairs chosen at random, so the realised rate is
     the configured one. bradley_terry: each pair with P = sigmoid(-gap / tau), ambiguous pairs most; ignores noise."""
     if noise_model == "uniform":
@@ -232,17 +276,36 @@ def _flip_mask(gaps: np.ndarray, noise: float, noise_model: str, tau: float,
 def _labelled(pairs: pd.DataFrame, flip: np.ndarray) -> pd.DataFrame:
     """Swap chosen and rejected where `flip`; oracle_margin stays judge(chosen) - judge(rejected) as labelled."""
     gap = pairs.oracle_margin.to_numpy()
-    return pd.DataFrame({"prompt": pairs.prompt,
-                         "chosen": np.where(flip, pairs.rejected, pairs.chosen),
-                         "rejected": np.where(flip, pairs.chosen, pairs.rejected),
-                         "flipped": flip, "oracle_margin": np.where(flip, -gap, gap)})
+    return pd.DataFrame(
+        {
+            "prompt": pairs.prompt,
+            "chosen": np.where(flip, pairs.rejected, pairs.chosen),
+            "rejected": np.where(flip, pairs.chosen, pairs.rejected),
+            "flipped": flip,
+            "oracle_margin": np.where(flip, -gap, gap),
+        }
+    )
 
 
-def make_pairs(model_dir: str, snippets: str, out_dir: str, *, n_train: int, n_val: int, n_eval_prompts: int,
-               n_dev: int = 0,
-               prompt_words: int = 3, samples: int = 4, max_new_tokens: int = 20, noise: float = 0.3,
-               noise_model: str = "uniform", tau: float = 0.1, val_noise: float = 0.0, dev_noise: float = 0.0,
-               seed: int = 0) -> dict:
+def make_pairs(
+    model_dir: str,
+    snippets: str,
+    out_dir: str,
+    *,
+    n_train: int,
+    n_val: int,
+    n_eval_prompts: int,
+    n_dev: int = 0,
+    prompt_words: int = 3,
+    samples: int = 4,
+    max_new_tokens: int = 20,
+    noise: float = 0.3,
+    noise_model: str = "uniform",
+    tau: float = 0.1,
+    val_noise: float = 0.0,
+    dev_noise: float = 0.0,
+    seed: int = 0,
+) -> dict:
     """Best-of-n vs worst-of-n pairs from the SFT model, judged by VADER, with a known share of flipped labels.
 
     Writes train.jsonl, val.jsonl, dev.jsonl, eval_prompts.jsonl and pairs_stats.json into out_dir; the four
@@ -267,12 +330,22 @@ def make_pairs(model_dir: str, snippets: str, out_dir: str, *, n_train: int, n_v
     heldout_rng = np.random.default_rng([seed, 1])
     val = _labelled(val, _flip_mask(val.oracle_margin.to_numpy(), val_noise, "uniform", tau, heldout_rng))
     dev = _labelled(dev, _flip_mask(dev.oracle_margin.to_numpy(), dev_noise, "uniform", tau, heldout_rng))
-    stats = {"train_pairs": len(train), "val_pairs": len(val), "dev_pairs": len(dev), "eval_prompts": len(eval_prompts),
-             "train_flipped": int(train.flipped.sum()), "flip_rate": float(train.flipped.mean()),
-             "val_flipped": int(val.flipped.sum()), "dev_flipped": int(dev.flipped.sum()),
-             "train_ties_dropped": train_ties, "val_ties_dropped": val_ties,
-             "noise_model": noise_model, "noise": noise if noise_model == "uniform" else None,
-             "tau": tau if noise_model == "bradley_terry" else None, "seconds": round(time.time() - t0, 1)}
+    stats = {
+        "train_pairs": len(train),
+        "val_pairs": len(val),
+        "dev_pairs": len(dev),
+        "eval_prompts": len(eval_prompts),
+        "train_flipped": int(train.flipped.sum()),
+        "flip_rate": float(train.flipped.mean()),
+        "val_flipped": int(val.flipped.sum()),
+        "dev_flipped": int(dev.flipped.sum()),
+        "train_ties_dropped": train_ties,
+        "val_ties_dropped": val_ties,
+        "noise_model": noise_model,
+        "noise": noise if noise_model == "uniform" else None,
+        "tau": tau if noise_model == "bradley_terry" else None,
+        "seconds": round(time.time() - t0, 1),
+    }
     out = Path(out_dir)
     write_jsonl(train.to_dict("records"), out / "train.jsonl")
     write_jsonl(val.to_dict("records"), out / "val.jsonl")

@@ -14,5 +14,7 @@ def package_source(basedir) -> str:
         return basedir.get_path_or_uri(secret_free=True)
     if hasattr(basedir, "repo") and hasattr(basedir, "ref"):
         return f"prefselect @ git+https://{basedir.host}/{basedir.repo}@{basedir.ref}"
-    raise ValueError(f"cannot install prefselect from {basedir}: use a local checkout or a git host (github, gitlab), "
-                     "or install prefselect into the rule environment yourself and set PREFSELECT_SOURCE")
+    raise ValueError(
+        f"cannot install prefselect from {basedir}: use a local checkout or a git host (github, gitlab), "
+        "or install prefselect into the rule environment yourself and set PREFSELECT_SOURCE"
+    )

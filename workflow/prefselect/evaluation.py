@@ -10,16 +10,21 @@ from .judges import compare
 from .stats import half_width, outcome
 
 
-def win_rates(judge: str | dict, prompts: list[str], samples: dict[str, pd.DataFrame],
-              opponent: pd.DataFrame) -> dict[str, dict]:
+def win_rates(
+    judge: str | dict, prompts: list[str], samples: dict[str, pd.DataFrame], opponent: pd.DataFrame
+) -> dict[str, dict]:
     """Win rate of each model's samples (by name) against the opponent's samples of the same (prompt, sample).
 
     Every model is judged in one call, so that a judge model is loaded once and an LLM judge's requests share
     one pool. Each frame holds `prompt_index`, `sample`, `continuation`.
     """
     paired = pd.concat([_paired(df, opponent).assign(model=name) for name, df in samples.items()], ignore_index=True)
-    verdicts = compare(judge, [prompts[i] for i in paired["prompt_index"]], paired["continuation"].tolist(),
-                       paired["continuation_opp"].tolist())
+    verdicts = compare(
+        judge,
+        [prompts[i] for i in paired["prompt_index"]],
+        paired["continuation"].tolist(),
+        paired["continuation_opp"].tolist(),
+    )
     paired["outcome"], paired["malformed"] = verdicts.outcome, verdicts.malformed
     return {
         name: {**win_rate(rows["outcome"], rows["prompt_index"]), "malformed": int(rows["malformed"].sum())}

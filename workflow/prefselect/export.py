@@ -35,9 +35,11 @@ def kept_rows(source: str, split: str, selection: pd.DataFrame, name: str) -> li
     found = [r for r in rows if r.ok and r.id in kept]  # one row per id: assign_ids quarantines duplicates
     missing = kept - {r.id for r in found}
     if missing:
-        raise ValueError(f"selection {name} keeps id {min(missing)!r} (and {len(missing) - 1} more) that data "
-                         f"source {source!r} does not hold: the source changed after prepare read it; run "
-                         "prepare and the selection again")
+        raise ValueError(
+            f"selection {name} keeps id {min(missing)!r} (and {len(missing) - 1} more) that data "
+            f"source {source!r} does not hold: the source changed after prepare read it; run "
+            "prepare and the selection again"
+        )
     return found
 
 
@@ -66,13 +68,17 @@ def _table(source: str, rows: list[Row]) -> pa.Table:
     """The rows as one table: a parquet source's own rows and column types, or else the records' inferred ones."""
     if Path(source).suffix.lower() == ".parquet":
         table = pq.read_table(source).take([r.index for r in rows])
-        return table if "id" in table.column_names else table.add_column(
-            0, "id", pa.array([r.id for r in rows], pa.string()))
+        return (
+            table
+            if "id" in table.column_names
+            else table.add_column(0, "id", pa.array([r.id for r in rows], pa.string()))
+        )
     try:
         return pa.Table.from_struct_array(pa.array([_with_id(r) for r in rows]))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-        raise ValueError(f"data source {source!r}: its kept rows do not fit one parquet table (a column of mixed "
-                         f"types?): {err}") from err
+        raise ValueError(
+            f"data source {source!r}: its kept rows do not fit one parquet table (a column of mixed types?): {err}"
+        ) from err
 
 
 def export(source: str, split: str, selection: str, out_jsonl: str, out_parquet: str) -> dict:

@@ -43,7 +43,7 @@ def reward_margin(train: pd.DataFrame, model: str, trust_remote_code: bool = Fal
     judge = judge_settings({"kind": "reward_model", "model": model, "trust_remote_code": trust_remote_code})
     prompts = train["prompt"].tolist()
     rewards = reward_scores(judge, prompts * 2, train["chosen"].tolist() + train["rejected"].tolist())
-    return rewards[: len(train)] - rewards[len(train):]
+    return rewards[: len(train)] - rewards[len(train) :]
 
 
 def zscore(values: np.ndarray) -> np.ndarray:

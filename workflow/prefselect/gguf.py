@@ -37,9 +37,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
 
 def plain_copy(model: PreTrainedModel) -> PreTrainedModel:
     """The same weights in a fresh model that no longer says it came from a GGUF file (so it can be saved)."""
-    config = model.config.__class__.from_dict(
-        {k: v for k, v in model.config.to_dict().items() if k not in GGUF_ONLY}
-    )
+    config = model.config.__class__.from_dict({k: v for k, v in model.config.to_dict().items() if k not in GGUF_ONLY})
     fresh = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
     fresh.load_state_dict(model.state_dict())  # strict: every weight, no other
     fresh.generation_config = model.generation_config

@@ -14,8 +14,9 @@ import fcntl
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 ZERO_STAGES = ("zero2", "zero3")
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # one folder per GPU
@@ -128,6 +129,16 @@ def accelerate_command(processes: int, zero_stage: str, argv: list[str]) -> list
     config = Path(__file__).with_name("accelerate") / f"{zero_stage}.yaml"
     # Port 0: a free port, so that two trainings on one machine do not collide on accelerate's default 29500.
     return [
-        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-        "--main_process_port", "0", "--config_file", str(config), "-m", "prefselect", *argv,
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(processes),
+        "--main_process_port",
+        "0",
+        "--config_file",
+        str(config),
+        "-m",
+        "prefselect",
+        *argv,
     ]

@@ -48,9 +48,18 @@ class InfluenceSettings:
     def of(cls, s: Settings, projected: bool = True, **changes) -> InfluenceSettings:
         """From a step's settings; those of `val-grad` (`projected` False) project nothing."""
         i = s.influence
-        return replace(cls(beta=s.method.beta, loss_type=s.method.loss_type, max_length=s.data.max_length,
-                   batch_size=i.batch_size, params=i.params, projection_dim=i.projection_dim if projected else None,
-                   seed=s.seed), **changes)
+        return replace(
+            cls(
+                beta=s.method.beta,
+                loss_type=s.method.loss_type,
+                max_length=s.data.max_length,
+                batch_size=i.batch_size,
+                params=i.params,
+                projection_dim=i.projection_dim if projected else None,
+                seed=s.seed,
+            ),
+            **changes,
+        )
 
 
 def differentiable_model(model: PreTrainedModel) -> PreTrainedModel:

@@ -9,13 +9,12 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 
 # The random part of the names that tempfile.mkstemp and mkdtemp give.
 TEMPORARY_SUFFIX = re.compile(r"[a-z0-9_]{8}")
@@ -26,7 +25,7 @@ def remove_stale_temporaries(path: Path) -> None:
     no `finally`) leaves one, and the job's rerun is the first to know that it is stale."""
     prefix = f".{path.name}."
     for stale in path.parent.glob(glob.escape(prefix) + "*"):
-        if TEMPORARY_SUFFIX.fullmatch(stale.name[len(prefix):]):
+        if TEMPORARY_SUFFIX.fullmatch(stale.name[len(prefix) :]):
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
 

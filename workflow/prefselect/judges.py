@@ -14,10 +14,10 @@ import re
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import numpy as np
 
@@ -49,8 +49,10 @@ def compare(judge_config: str | dict, prompts: list, first: list[str], second: l
         raise ValueError("prompts, first and second must have the same length")
     judge = judge_settings(judge_config)
     if judge["kind"] == "likelihood":
-        raise ValueError("the likelihood judge reads log-probs of held-out pairs (evaluation.likelihood_win_rates), "
-                         "it does not compare continuations")
+        raise ValueError(
+            "the likelihood judge reads log-probs of held-out pairs (evaluation.likelihood_win_rates), "
+            "it does not compare continuations"
+        )
     if judge["kind"] == "llm":
         return _ask_llm(judge, prompts, first, second)
     score = _vader_scores if judge["kind"] == "vader" else partial(reward_scores, judge)
@@ -60,8 +62,9 @@ def compare(judge_config: str | dict, prompts: list, first: list[str], second: l
 # Scoring judges -------------------------------------------------------------------------------------------------
 
 
-def _by_score(score: Callable[[list, list[str]], np.ndarray], prompts: list, first: list[str],
-              second: list[str]) -> Verdicts:
+def _by_score(
+    score: Callable[[list, list[str]], np.ndarray], prompts: list, first: list[str], second: list[str]
+) -> Verdicts:
     """The higher score wins, equal scores tie. Each distinct (prompt, continuation) is scored once, since the
     opponent's continuations recur once for every model judged against them."""
     keys = [json.dumps(item, default=list) for item in [*zip(prompts, first), *zip(prompts, second)]]
@@ -98,7 +101,7 @@ def reward_scores(judge: dict, prompts: list, continuations: list[str]) -> np.nd
     rewards = np.empty(len(ids))
     with torch.inference_mode():
         for start in range(0, len(ids), judge["batch_size"]):
-            batch = order[start:start + judge["batch_size"]]
+            batch = order[start : start + judge["batch_size"]]
             enc = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt").to(model.device)
             rewards[batch] = model(**enc).logits[:, 0].float().cpu().numpy()
     return rewards

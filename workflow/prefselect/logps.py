@@ -18,8 +18,8 @@ On a GPU that supports bf16 the forward runs under bf16 autocast, the precision 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from types import SimpleNamespace
-from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -50,8 +50,13 @@ def tokenize_pairs(pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_
 def completion_lengths(pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> pd.DataFrame:
     """`id`, `chosen_tokens`, `rejected_tokens`: how many tokens each completion's summed log-prob runs over."""
     cuts = [cut(example, max_length) for example in tokenize_pairs(pairs, tokenizer, max_length)]
-    return pd.DataFrame({"id": pairs["id"].to_numpy(), "chosen_tokens": [len(chosen) for _, chosen, _ in cuts],
-                         "rejected_tokens": [len(rejected) for _, _, rejected in cuts]})
+    return pd.DataFrame(
+        {
+            "id": pairs["id"].to_numpy(),
+            "chosen_tokens": [len(chosen) for _, chosen, _ in cuts],
+            "rejected_tokens": [len(rejected) for _, _, rejected in cuts],
+        }
+    )
 
 
 def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -164,8 +169,9 @@ def packed_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torc
     if model.config._attn_implementation == "eager":  # eager attention adds the mask to its scores
         blocked = torch.finfo(model.dtype).min
         mask = torch.zeros(mask.shape, dtype=model.dtype, device=mask.device).masked_fill_(~mask, blocked)
-    hidden = model.base_model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask,
-                              use_cache=False).last_hidden_state
+    hidden = model.base_model(
+        input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask, use_cache=False
+    ).last_hidden_state
     logps = target_logps(model, hidden[batch["row"], batch["source"]], batch["target"])
     sums = torch.zeros(2 * len(batch["input_ids"]), dtype=torch.float64, device=logps.device)
     return sums.index_add_(0, 2 * batch["row"] + batch["side"], logps.double()).view(-1, 2)
@@ -173,8 +179,9 @@ def packed_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torc
 
 def completion_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed log-probs of the completion tokens of each row of a TRL-collated batch (the padded layout)."""
-    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                              use_cache=False).last_hidden_state
+    hidden = model.base_model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state
     # Position t predicts token t+1: keep the hidden states whose next token is a completion token.
     rows, cols = batch["completion_mask"][:, 1:].bool().nonzero(as_tuple=True)
     logps = target_logps(model, hidden[rows, cols], batch["input_ids"][rows, cols + 1])
@@ -204,8 +211,15 @@ def pair_logps(
     computes in the precision TRL trains in on the model's device (`trains_in_bf16`).
     """
     chunks = [
-        examples_logps(model, token_examples(pairs.iloc[i : i + CHUNK_PAIRS], tokenizer, max_length),
-                       tokenizer.pad_token_id, max_length, batch_size, packed, autocast)
+        examples_logps(
+            model,
+            token_examples(pairs.iloc[i : i + CHUNK_PAIRS], tokenizer, max_length),
+            tokenizer.pad_token_id,
+            max_length,
+            batch_size,
+            packed,
+            autocast,
+        )
         for i in range(0, len(pairs), CHUNK_PAIRS)
     ]
     logps = np.concatenate(chunks) if chunks else np.empty((0, 2))
@@ -225,19 +239,33 @@ def trains_in_bf16(device: torch.device) -> bool:
 
 
 @torch.inference_mode()
-def examples_logps(model: PreTrainedModel, examples: list[dict], pad_token_id: int, max_length: int,
-                   batch_size: int = 64, packed: bool | None = None, autocast: bool | None = None) -> np.ndarray:
+def examples_logps(
+    model: PreTrainedModel,
+    examples: list[dict],
+    pad_token_id: int,
+    max_length: int,
+    batch_size: int = 64,
+    packed: bool | None = None,
+    autocast: bool | None = None,
+) -> np.ndarray:
     """(pairs, 2) summed log-probs of chosen and rejected of tokenized pairs (`token_examples`), in their order."""
     model.eval()
     device = model.device
     autocast = trains_in_bf16(device) if autocast is None else autocast
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-        return _examples_logps(model, examples, pad_token_id, max_length, batch_size,
-                               packable(model, max_length) if packed is None else packed)
+        return _examples_logps(
+            model,
+            examples,
+            pad_token_id,
+            max_length,
+            batch_size,
+            packable(model, max_length) if packed is None else packed,
+        )
 
 
-def _examples_logps(model, examples: list[dict], pad_token_id: int, max_length: int, batch_size: int,
-                    packed: bool) -> np.ndarray:
+def _examples_logps(
+    model, examples: list[dict], pad_token_id: int, max_length: int, batch_size: int, packed: bool
+) -> np.ndarray:
     logps = np.empty((len(examples), 2))
     device = model.device
     if packed:
@@ -258,8 +286,9 @@ def count_pairs(path: str) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def read_pairs(path: str, rows: slice | None = None, ids: Iterable[str] | None = None,
-               chunk: int = CHUNK_PAIRS) -> Iterator[pd.DataFrame]:
+def read_pairs(
+    path: str, rows: slice | None = None, ids: Iterable[str] | None = None, chunk: int = CHUNK_PAIRS
+) -> Iterator[pd.DataFrame]:
     """The pairs (id, prompt, chosen, rejected) of a parquet file, in file order, `chunk` rows at a time.
 
     `rows`: only that row range; `ids`: only the rows with these ids (a scoring shard, which is a contiguous range:
@@ -287,9 +316,15 @@ def read_pairs(path: str, rows: slice | None = None, ids: Iterable[str] | None =
             yield pairs if wanted is None else pairs[pairs["id"].isin(wanted)]
 
 
-def stream_logps(model: PreTrainedModel, chunks: Iterable[pd.DataFrame], tokenizer: PreTrainedTokenizerBase,
-                 max_length: int, batch_size: int = 64) -> pd.DataFrame:
+def stream_logps(
+    model: PreTrainedModel,
+    chunks: Iterable[pd.DataFrame],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    batch_size: int = 64,
+) -> pd.DataFrame:
     """`pair_logps` of a stream of pair chunks (e.g. `read_pairs`): only the log-probs of past chunks stay in memory."""
     parts = [pair_logps(model, pairs, tokenizer, max_length, batch_size) for pairs in chunks]
-    return pd.concat(parts or [pair_logps(model, pd.DataFrame(columns=list(PAIR)), tokenizer, max_length)],
-                     ignore_index=True)
+    return pd.concat(
+        parts or [pair_logps(model, pd.DataFrame(columns=list(PAIR)), tokenizer, max_length)], ignore_index=True
+    )

@@ -25,8 +25,10 @@ def require_peft():
     try:
         import peft
     except ImportError:
-        raise ImportError("config key training.lora (or a model folder holding a LoRA adapter) needs peft: "
-                          "pip install 'prefselect[lora]' (or pip install peft)") from None
+        raise ImportError(
+            "config key training.lora (or a model folder holding a LoRA adapter) needs peft: "
+            "pip install 'prefselect[lora]' (or pip install peft)"
+        ) from None
     return peft
 
 
@@ -63,8 +65,11 @@ def lora_config(spec: dict):
     peft = require_peft()
     modules = spec["target_modules"]
     return peft.LoraConfig(
-        r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"],
-        target_modules=modules if isinstance(modules, str) else list(modules), task_type="CAUSAL_LM",
+        r=spec["r"],
+        lora_alpha=spec["alpha"],
+        lora_dropout=spec["dropout"],
+        target_modules=modules if isinstance(modules, str) else list(modules),
+        task_type="CAUSAL_LM",
     )
 
 
@@ -94,8 +99,10 @@ def adapter_parameter_names(model) -> set[str]:
                 for layer_name in module.adapter_layer_names:
                     layer = getattr(module, layer_name)
                     if adapter_name in layer:
-                        names |= {f"{module_name}.{layer_name}.{adapter_name}.{n}"
-                                  for n, _ in layer[adapter_name].named_parameters()}
+                        names |= {
+                            f"{module_name}.{layer_name}.{adapter_name}.{n}"
+                            for n, _ in layer[adapter_name].named_parameters()
+                        }
     return names
 
 

@@ -7,11 +7,16 @@ from pathlib import Path
 import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import (
-    AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 from transformers.models.auto.modeling_auto import (
-    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
 )
 
 from . import lora
@@ -19,11 +24,16 @@ from . import lora
 # What each kind of model is, by the class names a saved config lists under `architectures` (remote code brings
 # classes of its own, named by the same convention).
 KINDS = {
-    AutoModelForCausalLM: ("a causal language model", set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()),
-                           ("ForCausalLM", "LMHeadModel")),
-    AutoModelForSequenceClassification: ("a sequence-classification (reward) model",
-                                         set(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values()),
-                                         ("ForSequenceClassification",)),
+    AutoModelForCausalLM: (
+        "a causal language model",
+        set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()),
+        ("ForCausalLM", "LMHeadModel"),
+    ),
+    AutoModelForSequenceClassification: (
+        "a sequence-classification (reward) model",
+        set(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values()),
+        ("ForSequenceClassification",),
+    ),
 }
 
 
@@ -67,8 +77,13 @@ def _check_kind(path: str, config, auto_class: type) -> None:
         raise ValueError(f"{path!r} holds a {'/'.join(config.architectures)}, not {kind} ({auto_class.__name__})")
 
 
-def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | str = torch.float32,
-               auto_class: type = AutoModelForCausalLM, trainable: bool = False) -> PreTrainedModel:
+def load_model(
+    path: str,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype | str = torch.float32,
+    auto_class: type = AutoModelForCausalLM,
+    trainable: bool = False,
+) -> PreTrainedModel:
     """Load a model (a causal LM unless `auto_class` says otherwise) from a folder or hub id, from safetensors
     weights (never by unpickling).
 
@@ -80,8 +95,10 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
         return lora.with_adapter(base, path, trainable)
     folder = Path(path).expanduser()
     if folder.is_dir() and not (folder / "config.json").is_file():
-        raise ValueError(f"{path!r} is not a model folder: it has no config.json (it holds "
-                         f"{sorted(p.name for p in folder.iterdir())})")
+        raise ValueError(
+            f"{path!r} is not a model folder: it has no config.json (it holds "
+            f"{sorted(p.name for p in folder.iterdir())})"
+        )
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -99,6 +116,8 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
     if info["missing_keys"]:
         # transformers would initialise them at random and only warn: a model that silently is not the one saved.
         missing = sorted(info["missing_keys"])
-        raise ValueError(f"the weights in {path!r} lack {len(missing)} parameters of {type(model).__name__}, "
-                         f"e.g. {missing[:3]}: it is not such a model")
+        raise ValueError(
+            f"the weights in {path!r} lack {len(missing)} parameters of {type(model).__name__}, "
+            f"e.g. {missing[:3]}: it is not such a model"
+        )
     return model

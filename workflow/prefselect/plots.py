@@ -92,8 +92,11 @@ def tournament_figure(rep: dict, path: str) -> None:
     if judged:
         ax = axes[0][1]
         rows = table[table["win_rate"].notna()]
-        ax.scatter(rows[key].astype(float), rows["win_rate"].astype(float),
-                   c=["tab:red" if name == rep["chosen"] else "tab:blue" for name in rows.index])
+        ax.scatter(
+            rows[key].astype(float),
+            rows["win_rate"].astype(float),
+            c=["tab:red" if name == rep["chosen"] else "tab:blue" for name in rows.index],
+        )
         for name, row in rows.iterrows():
             ax.annotate(name, (float(row[key]), float(row["win_rate"])), fontsize=7)
         rho = rep["spearman_criterion_vs_judge"]

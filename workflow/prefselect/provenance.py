@@ -36,7 +36,7 @@ def file_digest(path: str | Path) -> str:
     return sha256_of(Path(path))[:16]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model_fingerprint(path: str) -> str:
     """A digest of every file of a model folder (weights, config, tokenizer); a hub id stands for itself. A folder
     holding a LoRA adapter is fingerprinted together with its base model.
@@ -108,8 +108,11 @@ def fingerprint_of(path: str | Path) -> str:
 
 def logps_record(model: str, pairs: pd.DataFrame | str, max_length: int, shard: int, shards: int) -> dict:
     """Log-probs of shard `shard` of `pairs` (all of them, before slicing) under `model`."""
-    return record({"model": model_fingerprint(model), "data": pairs_fingerprint(pairs)}, {"max_length": max_length},
-                  shard=f"{shard}-of-{shards}")
+    return record(
+        {"model": model_fingerprint(model), "data": pairs_fingerprint(pairs)},
+        {"max_length": max_length},
+        shard=f"{shard}-of-{shards}",
+    )
 
 
 def reference_model(ref_path: str, data: str, max_length: int) -> str | None:
@@ -127,12 +130,15 @@ def reference_model(ref_path: str, data: str, max_length: int) -> str | None:
     return ref["inputs"]["model"]
 
 
-def scores_record(warmup: str, aux: str, pairs: pd.DataFrame | str, ref_path: str, beta: float, loss_type: str,
-                  max_length: int) -> dict:
+def scores_record(
+    warmup: str, aux: str, pairs: pd.DataFrame | str, ref_path: str, beta: float, loss_type: str, max_length: int
+) -> dict:
     """A score shard: the two scored models, the pairs, the reference model and the settings of the scores."""
     data = pairs_fingerprint(pairs)
     inputs = {
-        "warmup": model_fingerprint(warmup), "aux": model_fingerprint(aux), "data": data,
+        "warmup": model_fingerprint(warmup),
+        "aux": model_fingerprint(aux),
+        "data": data,
         "reference": reference_model(ref_path, data, max_length),
     }
     shard = (read(ref_path) or {}).get("shard")
@@ -153,7 +159,9 @@ def merged_record(paths: list[str], what: str = "score shards") -> dict | None:
     if len(groups) > 1:
         first = {fp: records[group[0]] for fp, group in groups.items()}
         differ = sorted(
-            (part, key) for part in ("inputs", "config") for key in {k for rec in first.values() for k in rec[part]}
+            (part, key)
+            for part in ("inputs", "config")
+            for key in {k for rec in first.values() for k in rec[part]}
             if len({json.dumps(rec[part].get(key), sort_keys=True) for rec in first.values()}) > 1
         )
         lines = [
@@ -167,18 +175,24 @@ def merged_record(paths: list[str], what: str = "score shards") -> dict | None:
     return record(common["inputs"], common["config"], shards=len(paths))
 
 
-def selection_record(name: str, spec: dict, seed: int, scores: str, pairs: pd.DataFrame,
-                     like: str | None = None) -> dict:
+def selection_record(
+    name: str, spec: dict, seed: int, scores: str, pairs: pd.DataFrame, like: str | None = None
+) -> dict:
     """A selection: the scores (by their fingerprint) and pairs it selected from, its rule and its seed."""
-    inputs = {"scores": fingerprint_of(scores), "data": pairs_fingerprint(pairs),
-              "like": fingerprint_of(like) if like else None}
+    inputs = {
+        "scores": fingerprint_of(scores),
+        "data": pairs_fingerprint(pairs),
+        "like": fingerprint_of(like) if like else None,
+    }
     return record(inputs, {"name": name, "spec": spec, "seed": seed})
 
 
 def samples_record(model: str, prompts: str, seed: int, samples: int, max_new_tokens: int) -> dict:
     """Sampled continuations: the model, the prompts, and how they were drawn."""
-    return record({"model": model_fingerprint(model), "prompts": file_digest(prompts)},
-                  {"seed": seed, "samples": samples, "max_new_tokens": max_new_tokens})
+    return record(
+        {"model": model_fingerprint(model), "prompts": file_digest(prompts)},
+        {"seed": seed, "samples": samples, "max_new_tokens": max_new_tokens},
+    )
 
 
 def report_record(config: dict, inputs: dict[str, str]) -> dict:
@@ -186,19 +200,28 @@ def report_record(config: dict, inputs: dict[str, str]) -> dict:
     file's record (its fingerprint, and the models, data, seed and settings behind it where it carries them)."""
     from . import __version__
 
-    files = {name: (read(path) if Path(path).suffix == ".parquet" else None) or {"fingerprint": f"file:{file_digest(path)}"}
-             for name, path in inputs.items()}
-    return {"package": __version__, "config": config, "inputs": files,
-            "fingerprint": digest([config, {name: rec["fingerprint"] for name, rec in files.items()}])}
+    files = {
+        name: (read(path) if Path(path).suffix == ".parquet" else None) or {"fingerprint": f"file:{file_digest(path)}"}
+        for name, path in inputs.items()
+    }
+    return {
+        "package": __version__,
+        "config": config,
+        "inputs": files,
+        "fingerprint": digest([config, {name: rec["fingerprint"] for name, rec in files.items()}]),
+    }
 
 
-def influence_record(model: str, pairs: pd.DataFrame, val_grad: str, ref_paths: list[str], settings: dict,
-                     shard: int, shards: int) -> dict:
+def influence_record(
+    model: str, pairs: pd.DataFrame, val_grad: str, ref_paths: list[str], settings: dict, shard: int, shards: int
+) -> dict:
     """An influence shard: the model θ, the pairs, ḡ_val, the reference model and the settings of IF."""
     data = pairs_fingerprint(pairs)
     references = {reference_model(path, data, settings["max_length"]) for path in ref_paths}
     inputs = {
-        "model": model_fingerprint(model), "data": data, "val_grad": file_digest(val_grad),
+        "model": model_fingerprint(model),
+        "data": data,
+        "val_grad": file_digest(val_grad),
         "reference": sorted(references, key=str),
     }
     config = {k: v for k, v in settings.items() if k != "batch_size"}  # the batch changes the speed, not IF

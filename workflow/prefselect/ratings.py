@@ -37,8 +37,10 @@ def parse_ratings(raw: bytes) -> pd.DataFrame:
             ratings = json.loads(parts[3])
             if len(parts) != 4 or not ratings or not all(isinstance(r, (int, float)) for r in ratings):
                 raise ValueError
-        except (IndexError, ValueError):
-            raise ValueError(f"ratings line {number}: not `id<TAB>mean<TAB>std<TAB>[r1, r2, ...]`: {line[:80]!r}")
+        except (IndexError, ValueError) as error:
+            raise ValueError(
+                f"ratings line {number}: not `id<TAB>mean<TAB>std<TAB>[r1, r2, ...]`: {line[:80]!r}"
+            ) from error
         rows.append((parts[0], float(parts[1]), [float(r) for r in ratings]))
     return pd.DataFrame(rows, columns=["id", "mean", "ratings"])
 
@@ -54,8 +56,9 @@ def rated_texts(texts: bytes, ratings: bytes) -> pd.DataFrame:
     df = parse_snippets(texts).merge(parse_ratings(ratings), on="id", how="outer", indicator=True, sort=False)
     unmatched = df[df["_merge"] != "both"]
     if len(unmatched):
-        raise ValueError(f"{len(unmatched)} ids are in only one of the texts and ratings files, e.g. "
-                         f"{unmatched.id.head(3).tolist()}")
+        raise ValueError(
+            f"{len(unmatched)} ids are in only one of the texts and ratings files, e.g. {unmatched.id.head(3).tolist()}"
+        )
     return df.assign(rating=df["mean"])[["id", "rating", "text", "ratings"]]
 
 
@@ -91,11 +94,12 @@ def _pools(n_texts: int, wanted: dict[str, int], rng: np.random.Generator) -> di
     a text, so no pair either, and the test texts are unseen by every stage."""
     order = rng.permutation(n_texts)
     cuts = np.cumsum([0, *wanted.values()]) / sum(wanted.values()) * n_texts
-    return {name: order[round(cuts[i]):round(cuts[i + 1])] for i, name in enumerate(wanted)}
+    return {name: order[round(cuts[i]) : round(cuts[i + 1])] for i, name in enumerate(wanted)}
 
 
-def _draw(texts: pd.DataFrame, pool: np.ndarray, n: int, gold: bool, min_gap: float,
-          rng: np.random.Generator) -> tuple[pd.DataFrame, int]:
+def _draw(
+    texts: pd.DataFrame, pool: np.ndarray, n: int, gold: bool, min_gap: float, rng: np.random.Generator
+) -> tuple[pd.DataFrame, int]:
     """n distinct pairs of texts from `pool`, in passes of random pairings. gold: labelled by the means, kept
     where they differ by min_gap; else by one rating drawn from each text's list, ties dropped. Also the count of
     pairs dropped."""
@@ -114,22 +118,26 @@ def _draw(texts: pd.DataFrame, pool: np.ndarray, n: int, gold: bool, min_gap: fl
             if (gold and abs(gap) < min_gap) or label == 0:
                 dropped += 1
                 continue
-            w, l = (a, b) if label > 0 else (b, a)
-            rows.append({"chosen_text": w, "rejected_text": l, "oracle_margin": means[w] - means[l]})
+            chosen, rejected = (a, b) if label > 0 else (b, a)
+            rows.append(
+                {"chosen_text": chosen, "rejected_text": rejected, "oracle_margin": means[chosen] - means[rejected]}
+            )
     raise ValueError(f"{len(pool)} texts gave only {len(rows)} of {n} pairs; ask for fewer pairs or use more texts")
 
 
 def _rendered(texts: pd.DataFrame, drawn: pd.DataFrame, prompt: str) -> pd.DataFrame:
     ids, text = texts.id.to_numpy(), texts.text.to_numpy()
-    return pd.DataFrame({
-        "prompt": prompt,
-        "chosen": [" " + t for t in text[drawn.chosen_text]],
-        "rejected": [" " + t for t in text[drawn.rejected_text]],
-        "flipped": drawn.oracle_margin.to_numpy() < 0,
-        "oracle_margin": drawn.oracle_margin.to_numpy(),
-        "chosen_text_id": ids[drawn.chosen_text],
-        "rejected_text_id": ids[drawn.rejected_text],
-    })
+    return pd.DataFrame(
+        {
+            "prompt": prompt,
+            "chosen": [" " + t for t in text[drawn.chosen_text]],
+            "rejected": [" " + t for t in text[drawn.rejected_text]],
+            "flipped": drawn.oracle_margin.to_numpy() < 0,
+            "oracle_margin": drawn.oracle_margin.to_numpy(),
+            "chosen_text_id": ids[drawn.chosen_text],
+            "rejected_text_id": ids[drawn.rejected_text],
+        }
+    )
 
 
 def noise_stats(pairs: pd.DataFrame) -> dict:
@@ -141,14 +149,30 @@ def noise_stats(pairs: pd.DataFrame) -> dict:
     def share(mask):
         return float(flipped[mask].mean()) if mask.any() else None
 
-    return {"flipped": float(flipped.mean()), "close_pairs": float(close.mean()),
-            "flipped_where_means_differ_below_0.5": share(close), "flipped_where_means_differ_1_or_more": share(clear),
-            "flipped_on_close_pairs": float((flipped & close).sum() / flipped.sum()) if flipped.any() else None}
+    return {
+        "flipped": float(flipped.mean()),
+        "close_pairs": float(close.mean()),
+        "flipped_where_means_differ_below_0.5": share(close),
+        "flipped_where_means_differ_1_or_more": share(clear),
+        "flipped_on_close_pairs": float((flipped & close).sum() / flipped.sum()) if flipped.any() else None,
+    }
 
 
-def make_rated_pairs(model: str, texts: str, out_dir: str, *, prompt: str, n_train: int, n_val: int, n_dev: int,
-                     n_test: int, test_min_gap: float, max_length: int, seed: int,
-                     trust_remote_code: bool = False) -> dict:
+def make_rated_pairs(
+    model: str,
+    texts: str,
+    out_dir: str,
+    *,
+    prompt: str,
+    n_train: int,
+    n_val: int,
+    n_dev: int,
+    n_test: int,
+    test_min_gap: float,
+    max_length: int,
+    seed: int,
+    trust_remote_code: bool = False,
+) -> dict:
     """Write train/val/dev (single-rater labels) and test (gold labels) pairs as jsonl, and pairs_stats.json, into
     out_dir. Texts too long for max_length with the prompt, in the tokens of `model`, are left out."""
     from .models import load_tokenizer
@@ -166,8 +190,12 @@ def make_rated_pairs(model: str, texts: str, out_dir: str, *, prompt: str, n_tra
     for name in SPLITS:
         drawn, dropped = _draw(df, pools[name], wanted[name], name == "test", test_min_gap, rng)
         pairs = _rendered(df, drawn, prompt)
-        stats[name] = {"pairs": len(pairs), "texts": len(pools[name]),
-                       ("dropped_small_gap" if name == "test" else "ties_dropped"): dropped, **noise_stats(pairs)}
+        stats[name] = {
+            "pairs": len(pairs),
+            "texts": len(pools[name]),
+            ("dropped_small_gap" if name == "test" else "ties_dropped"): dropped,
+            **noise_stats(pairs),
+        }
         write_jsonl(pairs.to_dict("records"), out / f"{name}.jsonl")
     stats["seconds"] = round(time.time() - t0, 1)
     write_json(stats, out / "pairs_stats.json")  # last: its presence means the folder is complete

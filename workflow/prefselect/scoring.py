@@ -34,9 +34,7 @@ def shard_rows(n_rows: int, shard: int, shards: int) -> slice:
     return slice(bounds[shard], bounds[shard + 1])
 
 
-def score_table(
-    ref: pd.DataFrame, warm: pd.DataFrame, aux: pd.DataFrame, beta: float, loss_type: str
-) -> pd.DataFrame:
+def score_table(ref: pd.DataFrame, warm: pd.DataFrame, aux: pd.DataFrame, beta: float, loss_type: str) -> pd.DataFrame:
     """Join log-probs under π_ref, θ and θ_val (each `id`, `chosen_logp`, `rejected_logp`) into the score columns."""
     table = (
         ref.rename(columns={"chosen_logp": "ref_chosen_logp", "rejected_logp": "ref_rejected_logp"})
@@ -64,5 +62,7 @@ def merge_shards(shards: list[pd.DataFrame], train_ids: pd.Series) -> pd.DataFra
     extra = set(scores["id"]) - set(train_ids)
     if missing or extra:
         example = next(iter(missing or extra))
-        raise ValueError(f"score shards miss {len(missing)} training ids and have {len(extra)} unknown ids, e.g. {example!r}")
+        raise ValueError(
+            f"score shards miss {len(missing)} training ids and have {len(extra)} unknown ids, e.g. {example!r}"
+        )
     return scores.set_index("id").loc[train_ids].reset_index()

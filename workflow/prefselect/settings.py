@@ -17,11 +17,37 @@ from typing import Any, get_type_hints
 import yaml
 
 FORWARD = ("model.trust_remote_code", "data.max_length")  # what every forward pass over pairs needs
-DATA_SPLITS = tuple(f"data.{key}" for key in ("split", "validation_split", "val_fraction", "dev_split",
-                                              "dev_fraction", "test_split", "test_fraction", "max_length",
-                                              "min_rows"))
-DPO = ("seed", *FORWARD, "method", *(f"training.{key}" for key in (
-    "learning_rate", "batch_size", "micro_batch_size", "gradient_checkpointing", "save_steps", "deepspeed", "lora")))
+DATA_SPLITS = tuple(
+    f"data.{key}"
+    for key in (
+        "split",
+        "validation_split",
+        "val_fraction",
+        "dev_split",
+        "dev_fraction",
+        "test_split",
+        "test_fraction",
+        "max_length",
+        "min_rows",
+    )
+)
+DPO = (
+    "seed",
+    *FORWARD,
+    "method",
+    *(
+        f"training.{key}"
+        for key in (
+            "learning_rate",
+            "batch_size",
+            "micro_batch_size",
+            "gradient_checkpointing",
+            "save_steps",
+            "deepspeed",
+            "lora",
+        )
+    ),
+)
 GRADIENTS = ("seed", *FORWARD, "method", "influence.params", "influence.batch_size")
 
 # The config keys each step reads; `{selector}` is the selector a job is for, `{auto}` the auto selector.
@@ -59,7 +85,12 @@ TRAIN_STAGES = {
     "aux": ("training.aux_epochs",),
     "final": ("training.final_epochs", "selectors.{selector}"),
     # A screen run is its final run, stopped early: the same keys, and where it stops.
-    "screen": ("training.final_epochs", "selectors.{selector}", "selectors.{auto}.kind", "selectors.{auto}.screen_epochs"),
+    "screen": (
+        "training.final_epochs",
+        "selectors.{selector}",
+        "selectors.{auto}.kind",
+        "selectors.{auto}.screen_epochs",
+    ),
     "crossfit": ("training.warmup_epochs", "crossfit.folds"),
 }
 

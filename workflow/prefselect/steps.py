@@ -68,8 +68,9 @@ def demo_tokenizer(a, s: Settings):
 def demo_sft(a, s: Settings):
     from .demo import train_sft
 
-    print(json.dumps(train_sft(a.snippets, a.tokenizer, a.out, **asdict(s.demo.model), **asdict(s.demo.sft),
-                               seed=s.seed)))
+    print(
+        json.dumps(train_sft(a.snippets, a.tokenizer, a.out, **asdict(s.demo.model), **asdict(s.demo.sft), seed=s.seed))
+    )
 
 
 def demo_pairs(a, s: Settings):
@@ -77,9 +78,22 @@ def demo_pairs(a, s: Settings):
 
     p = s.demo.pairs
     stats = make_pairs(
-        a.model, a.snippets, a.out, n_train=p.train, n_val=p.val, n_dev=p.dev, n_eval_prompts=p.eval_prompts,
-        prompt_words=p.prompt_words, samples=p.samples, max_new_tokens=p.max_new_tokens, noise=p.noise,
-        noise_model=p.noise_model, tau=p.tau, val_noise=p.val_noise, dev_noise=p.dev_noise, seed=s.seed,
+        a.model,
+        a.snippets,
+        a.out,
+        n_train=p.train,
+        n_val=p.val,
+        n_dev=p.dev,
+        n_eval_prompts=p.eval_prompts,
+        prompt_words=p.prompt_words,
+        samples=p.samples,
+        max_new_tokens=p.max_new_tokens,
+        noise=p.noise,
+        noise_model=p.noise_model,
+        tau=p.tau,
+        val_noise=p.val_noise,
+        dev_noise=p.dev_noise,
+        seed=s.seed,
     )
     print(json.dumps(stats))
 
@@ -95,9 +109,20 @@ def demo_rated_pairs(a, s: Settings):
     from .ratings import make_rated_pairs
 
     r = s.demo.ratings
-    stats = make_rated_pairs(a.model, a.snippets, a.out, prompt=r.prompt, n_train=r.train, n_val=r.val, n_dev=r.dev,
-                             n_test=r.test, test_min_gap=r.test_min_gap, max_length=s.data.max_length, seed=s.seed,
-                             trust_remote_code=s.model.trust_remote_code)
+    stats = make_rated_pairs(
+        a.model,
+        a.snippets,
+        a.out,
+        prompt=r.prompt,
+        n_train=r.train,
+        n_val=r.val,
+        n_dev=r.dev,
+        n_test=r.test,
+        test_min_gap=r.test_min_gap,
+        max_length=s.data.max_length,
+        seed=s.seed,
+        trust_remote_code=s.model.trust_remote_code,
+    )
     print(json.dumps(stats))
 
 
@@ -109,10 +134,22 @@ def prepare(a, s: Settings):
 
     d = s.data
     report = prepare(
-        a.source, a.out, tokenizer=a.tokenizer, max_length=d.max_length, validation=a.validation,
-        val_fraction=d.val_fraction, seed=s.seed, min_rows=d.min_rows, trust_remote_code=s.model.trust_remote_code,
-        split=d.split, validation_split=d.validation_split, test=a.test, test_split=d.test_split,
-        test_fraction=d.test_fraction, dev=a.dev, dev_split=d.dev_split,
+        a.source,
+        a.out,
+        tokenizer=a.tokenizer,
+        max_length=d.max_length,
+        validation=a.validation,
+        val_fraction=d.val_fraction,
+        seed=s.seed,
+        min_rows=d.min_rows,
+        trust_remote_code=s.model.trust_remote_code,
+        split=d.split,
+        validation_split=d.validation_split,
+        test=a.test,
+        test_split=d.test_split,
+        test_fraction=d.test_fraction,
+        dev=a.dev,
+        dev_split=d.dev_split,
         dev_fraction=d.dev_fraction if a.hold_out_dev else 0.0,
     )
     print(json.dumps(report))
@@ -167,12 +204,15 @@ def training_pairs(a, s: Settings) -> pd.DataFrame:
         if a.holdout_fold is None:
             raise ValueError("the crossfit stage needs --holdout-fold")
         pairs = pairs[~in_fold(pairs, a.holdout_fold, s.crossfit.folds, s.seed)]
-        print(f"prefselect train: on {len(pairs)} pairs, all but fold {a.holdout_fold} of {s.crossfit.folds}",
-              flush=True)
+        print(
+            f"prefselect train: on {len(pairs)} pairs, all but fold {a.holdout_fold} of {s.crossfit.folds}", flush=True
+        )
     if a.stage == "warmup" and s.training.warmup_fraction < 1:
         pairs = stable_share(pairs, s.training.warmup_fraction, s.seed)
-        print(f"prefselect train: on {len(pairs)} pairs, the stable share {s.training.warmup_fraction:g} of them",
-              flush=True)
+        print(
+            f"prefselect train: on {len(pairs)} pairs, the stable share {s.training.warmup_fraction:g} of them",
+            flush=True,
+        )
     return pairs
 
 
@@ -188,9 +228,17 @@ def train(a, s: Settings):
     # Checkpoints only where a rerun can find them.
     settings = DPOSettings.of(s, a.stage, a.selector, **({} if a.checkpoint_dir else {"save_steps": 0}))
     evaluation = (pd.read_parquet(a.eval_data), read_parquets(a.eval_ref)) if a.eval_data else (None, None)
-    train_dpo(a.model, training_pairs(a, s), read_parquets(a.ref), a.out, settings, *evaluation,
-              checkpoint_dir=a.checkpoint_dir, continue_from=a.continue_from,
-              trust_remote_code=s.model.trust_remote_code)
+    train_dpo(
+        a.model,
+        training_pairs(a, s),
+        read_parquets(a.ref),
+        a.out,
+        settings,
+        *evaluation,
+        checkpoint_dir=a.checkpoint_dir,
+        continue_from=a.continue_from,
+        trust_remote_code=s.model.trust_remote_code,
+    )
 
 
 def score(a, s: Settings):
@@ -206,8 +254,9 @@ def score(a, s: Settings):
         print(f"prefselect score: log-probs of {len(ref)} pairs under {path}", flush=True)
         model, tokenizer = loaded_model(path, s)
         # The shard's pairs (those of its reference log-probs) are read a slice at a time.
-        logps[name] = stream_logps(model, read_pairs(a.data, ids=ref["id"]), tokenizer, max_length,
-                                   s.scoring.batch_size)
+        logps[name] = stream_logps(
+            model, read_pairs(a.data, ids=ref["id"]), tokenizer, max_length, s.scoring.batch_size
+        )
     write_with_provenance(score_table(ref, logps["warm"], logps["aux"], m.beta, m.loss_type), a.out, record)
 
 
@@ -257,8 +306,9 @@ def external_score(a, s: Settings):
         if not (a.ref and a.tokenizer):
             raise ValueError("an alignment_potential selector needs --ref (the SFT model's log-probs) and --tokenizer")
         tokenizer = load_tokenizer(a.tokenizer, s.model.trust_remote_code)
-        sft = read_parquets(a.ref).merge(completion_lengths(train, tokenizer, s.data.max_length), on="id",
-                                         validate="one_to_one")
+        sft = read_parquets(a.ref).merge(
+            completion_lengths(train, tokenizer, s.data.max_length), on="id", validate="one_to_one"
+        )
     write_parquet(external_scores(train, spec, sft), a.out)
 
 
@@ -292,8 +342,9 @@ def screen_rung(a, s: Settings):
 
     auto = s.selector(a.selector)
     margins, kept = read_candidates(a.names, a.logps, a.ref, a.selections)
-    rung = screen_rung(margins, kept, s.method.beta, s.method.loss_type, auto["criterion"], auto["finalists"],
-                       auto["fallback"])
+    rung = screen_rung(
+        margins, kept, s.method.beta, s.method.loss_type, auto["criterion"], auto["finalists"], auto["fallback"]
+    )
     write_json(rung, a.out)
     print(f"finalists by {rung['criterion']}: {', '.join(rung['finalists'])}; cut: {', '.join(rung['cut'])}")
 
@@ -305,13 +356,25 @@ def tournament(a, s: Settings):
 
     auto = s.selector(a.selector)
     criterion = auto["criterion"]
-    choice, chosen_selection = run(a.names, a.logps, a.ref, a.selections, s.method.beta, s.method.loss_type,
-                                   criterion, auto["fallback"], auto["confidence"], auto["guard"])
+    choice, chosen_selection = run(
+        a.names,
+        a.logps,
+        a.ref,
+        a.selections,
+        s.method.beta,
+        s.method.loss_type,
+        criterion,
+        auto["fallback"],
+        auto["confidence"],
+        auto["guard"],
+    )
     # The chosen candidate's selection as it is, with its provenance and what chose it.
     record = {**(provenance.read(chosen_selection) or {}), "chosen_by": {"tournament": criterion, "of": a.names}}
     write_with_provenance(pd.read_parquet(chosen_selection), a.out_selection, record)
-    inputs = {**{f"dev_logps/{name}": path for name, path in zip(a.names, a.logps)},
-              **{f"selection/{name}": path for name, path in zip(a.names, a.selections)}}
+    inputs = {
+        **{f"dev_logps/{name}": path for name, path in zip(a.names, a.logps)},
+        **{f"selection/{name}": path for name, path in zip(a.names, a.selections)},
+    }
     write_json({**choice, "provenance": provenance.report_record(read_config(a.config), inputs)}, a.out_choice)
     print(f"chose {choice['chosen']} by {criterion}: {json.dumps(choice['candidates'][choice['chosen']])}")
 
@@ -349,13 +412,15 @@ def halving_cost_of(names: list[str], rung: dict, screens: list[str], benchmarks
     from .tournament import halving_cost, read_screen_runs
 
     if len(benchmarks) != len(names) + len(rung["finalists"]) or len(screens) != len(names):
-        raise ValueError(f"--screens and --benchmarks: one screen run and job per candidate of {names}, then one job "
-                         f"per finalist of {rung['finalists']}")
+        raise ValueError(
+            f"--screens and --benchmarks: one screen run and job per candidate of {names}, then one job "
+            f"per finalist of {rung['finalists']}"
+        )
     seconds = [float(pd.read_csv(path, sep="\t")["s"].iloc[0]) for path in benchmarks]
     runs = read_screen_runs(dict(zip(names, screens)))
     for name, job_seconds in zip(names, seconds):
         runs[name]["seconds"] = job_seconds
-    return halving_cost(runs, dict(zip(rung["finalists"], seconds[len(names):], strict=True)))
+    return halving_cost(runs, dict(zip(rung["finalists"], seconds[len(names) :], strict=True)))
 
 
 # Evaluation and reports -----------------------------------------------------------------------------------------
@@ -367,8 +432,14 @@ def sample(a, s: Settings):
 
     e = s.evaluation
     record = provenance.samples_record(a.model, a.prompts, s.seed, e.samples, e.max_new_tokens)
-    continuations = sample_continuations(a.model, read_prompts(a.prompts), e.samples, e.max_new_tokens, s.seed,
-                                         trust_remote_code=s.model.trust_remote_code)
+    continuations = sample_continuations(
+        a.model,
+        read_prompts(a.prompts),
+        e.samples,
+        e.max_new_tokens,
+        s.seed,
+        trust_remote_code=s.model.trust_remote_code,
+    )
     write_with_provenance(continuations, a.out, record)
 
 
@@ -391,12 +462,18 @@ def evaluate(a, s: Settings):
         name: {**selection_summary(pd.read_parquet(selection), train), **rates[name]}
         for name, selection in zip(a.names, a.selections)
     }
-    inputs = {**{f"samples/{name}": path for name, path in zip(a.names, a.samples)},
-              **{f"selection/{name}": path for name, path in zip(a.names, a.selections)},
-              **{f"opponent/{i}": path for i, path in enumerate(a.opponent)}}
+    inputs = {
+        **{f"samples/{name}": path for name, path in zip(a.names, a.samples)},
+        **{f"selection/{name}": path for name, path in zip(a.names, a.selections)},
+        **{f"opponent/{i}": path for i, path in enumerate(a.opponent)},
+    }
     made = {"seed": s.seed, **provenance.report_record(read_config(a.config), inputs)}
-    write_reports({"judge": judge, "opponent": opponent, "selectors": results, "provenance": made},
-                  results_markdown(results, opponent), a.out_json, a.out_md)
+    write_reports(
+        {"judge": judge, "opponent": opponent, "selectors": results, "provenance": made},
+        results_markdown(results, opponent),
+        a.out_json,
+        a.out_md,
+    )
 
 
 def diagnose(a, s: Settings):

@@ -5,8 +5,20 @@ PAIR = ("id", "prompt", "chosen", "rejected")
 # Summed completion log-probs under one model: logps/ref/{split}/, eval/logps/, eval/dev/logps/.
 LOGPS = ("id", "chosen_logp", "rejected_logp")
 # scores/scores.parquet: log-probs under π_ref, θ and θ_val, and the scores computed from them.
-SCORES = ("id", "ref_chosen_logp", "ref_rejected_logp", "chosen_logp", "rejected_logp", "aux_chosen_logp",
-          "aux_rejected_logp", "irm", "aux_irm", "loss", "aux_loss", "lossdiff")
+SCORES = (
+    "id",
+    "ref_chosen_logp",
+    "ref_rejected_logp",
+    "chosen_logp",
+    "rejected_logp",
+    "aux_chosen_logp",
+    "aux_rejected_logp",
+    "irm",
+    "aux_irm",
+    "loss",
+    "aux_loss",
+    "lossdiff",
+)
 # What scores/crossfit/{k}-of-{K}.parquet adds to the scores in scores/crossfit.parquet.
 CROSSFIT = ("xfit_irm", "xfit_loss")
 # selection/{selector}.parquet.

@@ -27,7 +27,6 @@ from .settings import Settings
 from .tables import SCREEN_CHECKPOINT, TRL_REF
 
 
-
 class PrecomputedRefDPOTrainer(DPOTrainer):
     """A DPOTrainer that trains on the reference log-probs already in the dataset instead of recomputing them.
 
@@ -88,8 +87,9 @@ class DPOSettings:
 
     def __post_init__(self):
         if self.label_smoothing and self.loss_type != "robust":
-            raise ValueError(f"label_smoothing {self.label_smoothing}: only the robust loss uses it, not "
-                             f"{self.loss_type!r}")
+            raise ValueError(
+                f"label_smoothing {self.label_smoothing}: only the robust loss uses it, not {self.loss_type!r}"
+            )
 
     @classmethod
     def of(cls, s: Settings, stage: str, selector: str | None = None, **changes) -> DPOSettings:
@@ -102,14 +102,25 @@ class DPOSettings:
             stage, stop = "final", s.auto()[1]["screen_epochs"]
         epochs = t.warmup_epochs if stage in ("warmup", "crossfit") else getattr(t, f"{stage}_epochs")
         final = s.selector(selector)["final"] if selector else {}
-        return replace(cls(
-            beta=s.method.beta, loss_type=final.get("loss_type", s.method.loss_type),
-            label_smoothing=final.get("label_smoothing", default("selectors.*.final.label_smoothing")),
-            epochs=epochs, learning_rate=t.learning_rate, batch_size=t.batch_size, max_length=s.data.max_length,
-            seed=s.seed, save_steps=t.save_steps, micro_batch_size=t.micro_batch_size,
-            gradient_checkpointing=t.gradient_checkpointing, stop_epochs=stop,
-            lora={k: v for k, v in t.lora.items() if k != "merge"} if t.lora else None, merge=merge,
-        ), **changes)
+        return replace(
+            cls(
+                beta=s.method.beta,
+                loss_type=final.get("loss_type", s.method.loss_type),
+                label_smoothing=final.get("label_smoothing", default("selectors.*.final.label_smoothing")),
+                epochs=epochs,
+                learning_rate=t.learning_rate,
+                batch_size=t.batch_size,
+                max_length=s.data.max_length,
+                seed=s.seed,
+                save_steps=t.save_steps,
+                micro_batch_size=t.micro_batch_size,
+                gradient_checkpointing=t.gradient_checkpointing,
+                stop_epochs=stop,
+                lora={k: v for k, v in t.lora.items() if k != "merge"} if t.lora else None,
+                merge=merge,
+            ),
+            **changes,
+        )
 
 
 def stable_share(pairs: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
@@ -139,7 +150,8 @@ def per_process(batch_size: int, micro_batch_size: int = 0) -> tuple[int, int]:
     micro = micro_batch_size or share
     if share % micro:
         raise ValueError(
-            f"training.micro_batch_size {micro} does not divide the {share} pairs of each of {processes} GPU(s) per step"
+            f"training.micro_batch_size {micro} does not divide the {share} pairs per step of each of "
+            f"{processes} GPU(s)"
         )
     return micro, share // micro
 
@@ -184,8 +196,10 @@ def build_trainer(
     gets a new adapter, through TRL's `peft_config`. Either way only the adapter trains."""
     continued = lora.is_adapter(model_path)
     if continued and settings.lora is None:
-        raise ValueError(f"{model_path!r} holds a LoRA adapter, but training.lora is null (full fine-tuning): set "
-                         "training.lora as in the run that trained it, or retrain it without")
+        raise ValueError(
+            f"{model_path!r} holds a LoRA adapter, but training.lora is null (full fine-tuning): set "
+            "training.lora as in the run that trained it, or retrain it without"
+        )
     model = load_model(model_path, trainable=continued, **load)
     screen = [StopAtScreen(settings.stop_epochs / settings.epochs)] if settings.stop_epochs else []
     trainer = PrecomputedRefDPOTrainer(
@@ -216,22 +230,33 @@ def describe_processes(trainer: DPOTrainer) -> None:
         print(f"prefselect train: {state.num_processes} process(es) on {trainer.args.device.type}{zero}", flush=True)
 
 
-def run_key(model_path: str, pairs: pd.DataFrame, ref_logps: pd.DataFrame, settings: DPOSettings,
-            eval_pairs: pd.DataFrame | None, eval_ref_logps: pd.DataFrame | None) -> str:
+def run_key(
+    model_path: str,
+    pairs: pd.DataFrame,
+    ref_logps: pd.DataFrame,
+    settings: DPOSettings,
+    eval_pairs: pd.DataFrame | None,
+    eval_ref_logps: pd.DataFrame | None,
+) -> str:
     """What a checkpoint belongs to: a checkpoint of a run with other inputs, settings or processes is never resumed."""
     frames = [pairs, eval_pairs]
-    return provenance.digest({
-        "model": provenance.model_fingerprint(model_path),
-        "pairs": [None if f is None else provenance.pairs_fingerprint(f) for f in frames],
-        "ref": [None if f is None else provenance.frame_fingerprint(f) for f in (ref_logps, eval_ref_logps)],
-        # A screen run and its final run are one run: the final run continues from the screen run's checkpoint.
-        # LoRA's settings only where set, so that full fine-tuning keeps the keys of its checkpoints; `merge` only
-        # changes how the trained model is written, not the run.
-        "settings": {k: v for k, v in asdict(settings).items()
-                     if k not in ("save_steps", "stop_epochs", "merge") and not (k == "lora" and v is None)},
-        # DeepSpeed's optimizer states are sharded per process: they resume only under the same launch.
-        "processes": [os.environ.get("WORLD_SIZE", "1"), os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")],
-    })
+    return provenance.digest(
+        {
+            "model": provenance.model_fingerprint(model_path),
+            "pairs": [None if f is None else provenance.pairs_fingerprint(f) for f in frames],
+            "ref": [None if f is None else provenance.frame_fingerprint(f) for f in (ref_logps, eval_ref_logps)],
+            # A screen run and its final run are one run: the final run continues from the screen run's checkpoint.
+            # LoRA's settings only where set, so that full fine-tuning keeps the keys of its checkpoints; `merge` only
+            # changes how the trained model is written, not the run.
+            "settings": {
+                k: v
+                for k, v in asdict(settings).items()
+                if k not in ("save_steps", "stop_epochs", "merge") and not (k == "lora" and v is None)
+            },
+            # DeepSpeed's optimizer states are sharded per process: they resume only under the same launch.
+            "processes": [os.environ.get("WORLD_SIZE", "1"), os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")],
+        }
+    )
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -248,8 +273,10 @@ def screen_checkpoint(screen_dir: str, key: str) -> Path:
     checkpoint = Path(screen_dir) / SCREEN_CHECKPOINT
     recorded = json.loads((checkpoint / RUN_KEY).read_text())["key"] if (checkpoint / RUN_KEY).is_file() else None
     if recorded != key:
-        raise ValueError(f"{screen_dir} is no screen run of this final run (other inputs or settings, or no "
-                         "checkpoint); rerun its screen job")
+        raise ValueError(
+            f"{screen_dir} is no screen run of this final run (other inputs or settings, or no "
+            "checkpoint); rerun its screen job"
+        )
     return checkpoint
 
 
