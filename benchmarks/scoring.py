@@ -414,9 +414,9 @@ def merge_and_select(n_rows: int, rng) -> float:
 # The workflow's overhead ----------------------------------------------------------------------------------------
 
 
-def snakemake(workdir: Path, outdir: str, *args: str) -> dict:
-    """Run snakemake on the demo config; wall and CPU seconds (children's) and its output. --nolock: other runs may
-    hold the checkout's lock, and these runs write nothing (a dry run, or a rerun with nothing to do)."""
+def snakemake(workdir: Path, outdir: str, *args: str, configfile: Path = REPO / "config" / "config.yaml") -> dict:
+    """Run snakemake on a config (the demo's); wall and CPU seconds (children's) and its output. --nolock: other runs
+    may hold the checkout's lock, and these runs write nothing (a dry run, or a rerun with nothing to do)."""
     command = [
         sys.executable,
         "-m",
@@ -426,7 +426,7 @@ def snakemake(workdir: Path, outdir: str, *args: str) -> dict:
         "--directory",
         str(workdir),
         "--configfile",
-        str(REPO / "config" / "config.yaml"),
+        str(configfile),
         "--config",
         f"outdir={outdir}",
         "--cores",
@@ -488,23 +488,24 @@ def workflow_overhead(demo_results: str | None) -> dict:
     }
     if demo_results is None:
         row["noop_rerun"] = {"skipped": "no completed demo run given (--demo-results DIR)"}
-        return row
+    else:
+        row["noop_rerun"] = noop_rerun(REPO, demo_results)
+    return row
+
+
+def noop_rerun(workdir: Path, outdir: str, **config) -> dict:
+    """Seconds of `snakemake` in a completed run (working directory, outdir and config): planning alone, where
+    nothing is left to do; otherwise why the row was skipped."""
     try:
-        check = snakemake(REPO, demo_results, "-n")
+        check = snakemake(workdir, outdir, "-n", **config)
     except RuntimeError as err:  # e.g. a run in progress there: incomplete files
         reason = next((line for line in str(err).splitlines() if "Exception" in line), str(err).splitlines()[-1])
-        row["noop_rerun"] = {"skipped": f"snakemake -n fails in {demo_results}: {reason.strip(': ')}"}
-        return row
+        return {"skipped": f"snakemake -n fails in {outdir}: {reason.strip(': ')}"}
     if "Nothing to be done" not in check["stdout"]:
         pending = job_counts(check["stdout"]).get("total", "some")
-        row["noop_rerun"] = {
-            "skipped": f"{pending} jobs would run in {demo_results}: not a completed run of this code and config"
-        }
-        return row
-    rerun = snakemake(REPO, demo_results)
-    rerun.pop("stdout")
-    row["noop_rerun"] = {**rerun, "outdir": demo_results}
-    return row
+        return {"skipped": f"{pending} jobs would run in {outdir}: not a completed run of this code and config"}
+    rerun = snakemake(workdir, outdir, **config)
+    return {"seconds": rerun["seconds"], "cpu_seconds": rerun["cpu_seconds"], "outdir": outdir}
 
 
 # The run --------------------------------------------------------------------------------------------------------

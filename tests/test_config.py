@@ -309,8 +309,27 @@ def test_a_step_run_by_hand_takes_the_workflows_settings(step, stage):
     assert flat(given) == flat(by_hand)
     keys = {key for key in settings.step_keys(step, stage) if "{" not in key and key != "selectors"}
     assert all(any(k == key or k.startswith(f"{key}.") for k in flat(given)) for key in keys)
-    if any("{selector}" in key for key in settings.step_keys(step, stage)):
-        assert given.selector(selector) == workflow["selectors"][selector]
+    spec = workflow["selectors"][selector]
+    for key in settings.step_keys(step, stage):
+        if key == "selectors.{selector}":
+            assert given.selector(selector) == spec
+        elif key.startswith("selectors.{selector}."):
+            name = key.rsplit(".", 1)[1]
+            assert given.selector(selector).get(name) == spec.get(name)  # a key its kind lacks is absent from both
+
+
+@pytest.mark.parametrize("step", ["logps", "score", "crossfit-score"])
+def test_the_forward_batch_size_is_an_option_of_the_job_and_no_key_that_reruns_it(step):
+    """scoring.batch_size changes no number (test_scoring), so the workflow hands it as `--batch-size` (a job
+    resource) and not in the job's --config, which Snakemake compares to rerun a job."""
+    from prefselect import settings
+
+    workflow = validate({"model": {"path": "org/m"}, "data": {"source": "pairs.jsonl"}, "scoring": {"batch_size": 3}})
+    keys = json.loads(settings.step_config(workflow, step))
+    assert "batch_size" not in keys.get("scoring", {}) and "scoring.batch_size" in settings.step_keys(step)
+    assert settings.load(json.dumps(keys), step, batch_size=3).scoring.batch_size == 3
+    assert settings.load(json.dumps(keys), step).scoring.batch_size == default("scoring.batch_size")
+    assert settings.load(json.dumps(workflow), step).scoring.batch_size == 3  # by hand, from a config file's keys
 
 
 def test_a_key_a_step_was_not_given_is_an_error_to_read():

@@ -2,6 +2,7 @@
 
 import json
 import re
+import runpy
 import shlex
 import shutil
 import subprocess
@@ -124,9 +125,15 @@ def jobs_of(dry_run_output: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
+    """The completed small run that every test shares; a test that changes it works on its own copy (own_copy)."""
     workdir = tmp_path_factory.mktemp("e2e")
     snakemake(workdir)
     return workdir
+
+
+def own_copy(run: Path, where: Path) -> Path:
+    """A copy of a completed run (mtimes and Snakemake's records kept, so that it plans what the run would)."""
+    return shutil.copytree(run, where / "run", symlinks=True)
 
 
 def test_every_output_of_the_contract_exists(workdir):
@@ -320,20 +327,119 @@ def test_the_readme_selection_only_lines_run_on_the_demo(workdir):
     assert list((workdir / "dpo-mymodel").glob("checkpoint-*/model.safetensors"))
 
 
-def test_a_selectors_own_final_loss_retrains_its_final_run_and_nothing_it_does_not_change(workdir, tmp_path):
-    """`final` is how a selector's model trains, not what it selects: no selection reruns, nor the final runs of
-    the selectors of its size (`like`), whose pairs stay the same. Compared with the plan of the unchanged config,
-    so that what earlier tests left to do does not count."""
+def planned_jobs(dry_run_output: str) -> set[str]:
+    """The jobs of a dry run, each as `rule` or `rule:wildcard values` (e.g. `final:final,rated`)."""
+    jobs = set()
+    for rule, body in re.findall(r"^rule (\w+):\n((?:    .*\n?)*)", dry_run_output, re.M):
+        wildcards = re.search(r"^    wildcards: (.*)$", body, re.M)
+        values = [part.split("=", 1)[1] for part in wildcards.group(1).split(", ")] if wildcards else []
+        jobs.add(":".join([rule, ",".join(values)]) if values else rule)
+    return jobs
+
+
+def of(rule: str, *wildcards: str) -> set[str]:
+    return {f"{rule}:{w}" for w in wildcards}
+
+
+# What a new choice of the auto selector reruns: the tournament, and the adopted winner's export and samples.
+TOURNAMENT = {"tournament", "adopt_winner", "export:auto", "sample:final-auto"}
+REPORTS = {"evaluate", "plots", "tournament_report", "all"}  # the results of any new model
+FINALS = [s for s in SELECTORS if s != "auto"]  # the final runs (auto adopts its winner's)
+# One config change each on the completed run, and exactly the jobs that must rerun: those that read the key
+# (settings.STEP_KEYS) and those downstream of them. `None`: every job of the DAG but the demo's tokenizer.
+RERUNS = {
+    # How a selector's model trains, not what it selects: no selection reruns, nor the selections `like` it.
+    "selectors.lossdiff_irm.final": (
+        {"loss_type": "ipo"},
+        {"final:final,lossdiff_irm", "heldout_logps:dev/logps,final-lossdiff_irm", "sample:final-lossdiff_irm"}
+        | TOURNAMENT
+        | REPORTS,
+    ),
+    # Its selection, and those that keep as many pairs as it does.
+    "selectors.lossdiff_irm.bands": (
+        {"lossdiff": [5, 90], "irm": [10, 90]},
+        {"select:lossdiff_irm", "heldout_logps:dev/logps,final-lossdiff_irm"}
+        | of("select_matched", "random", "rated")
+        | of("export", "lossdiff_irm", "random", "rated")
+        | of("final", "final,lossdiff_irm", "final,random", "final,rated")
+        | of("sample", "final-lossdiff_irm", "final-random", "final-rated")
+        | TOURNAMENT
+        | REPORTS,
+    ),
+    # How many pairs it keeps, not its external score.
+    "selectors.rated.like": (
+        "ap",
+        {"select_matched:rated", "export:rated", "final:final,rated", "sample:final-rated"} | REPORTS,
+    ),
+    "seed": (1, None),
+    # The tournament's choice, not the candidates' runs.
+    "selectors.auto.criterion": ("dev_loss", TOURNAMENT | REPORTS),
+    # A new candidate with a model of its own: its dev log-probs and the choice.
+    "selectors.auto.candidates": (
+        ["lossdiff_irm", "full", "random"],
+        {"heldout_logps:dev/logps,final-random"} | TOURNAMENT | REPORTS,
+    ),
+    # Screening: a screen run per candidate and the choice among them; the winner's full run is final-auto. The
+    # candidates with selectors of their own continue their screen runs to their final models (the remaining steps
+    # only; the same models bit for bit, test_training), and the grid's candidate keeps no final model.
+    "selectors.auto.screen_epochs": (
+        0.5,
+        of("final", *(f"screen,{c}" for c in CANDIDATES), "final,auto", "final,lossdiff_irm", "final,full")
+        | of("heldout_logps", *(f"dev/logps,screen-{c}" for c in CANDIDATES))
+        | of("sample", "final-auto", "final-lossdiff_irm", "final-full")
+        | {"tournament", "export:auto"}
+        | REPORTS,
+    ),
+    "training.final_epochs": (
+        2,
+        of("final", *(f"final,{s}" for s in FINALS))
+        | of("heldout_logps", *(f"dev/logps,final-{c}" for c in CANDIDATES))
+        | of("sample", *(f"final-{s}" for s in SELECTORS))
+        | TOURNAMENT
+        | REPORTS,
+    ),
+    # Sampling, not the models.
+    "evaluation.samples": (3, of("sample", "sft", *(f"final-{s}" for s in SELECTORS)) | REPORTS),
+    # The judge, not the samples.
+    "evaluation.judge": ({"kind": "reward_model", "model": "{reward_model}"}, REPORTS),
+    # A forward batch size changes no number (test_scoring): it is the job's resource, not a key that reruns it.
+    "scoring.batch_size": (7, set()),
+}
+
+
+@pytest.fixture(scope="module")
+def settled_run(workdir, tmp_path_factory) -> Path:
+    """A copy of the completed run with nothing left to do."""
+    copy = own_copy(workdir, tmp_path_factory.mktemp("reruns"))
+    assert "Nothing to be done" in snakemake(copy, "-n").stdout
+    return copy
+
+
+@pytest.mark.parametrize("key", RERUNS)
+def test_a_changed_key_reruns_exactly_the_jobs_that_read_it_and_what_follows(key, settled_run, reward_model, tmp_path):
+    value, expected = RERUNS[key]
     config = yaml.safe_load((REPO / "tests/e2e/config.yaml").read_text())
-    config["selectors"]["lossdiff_irm"]["final"] = {"loss_type": "ipo"}
-    (tmp_path / "ipo.yaml").write_text(yaml.safe_dump(config))
-    plans = [snakemake(workdir, "-n", "-p", config=path).stdout for path in ("config.yaml", str(tmp_path / "ipo.yaml"))]
-    selections, finals = (
-        [set(re.findall(pattern, plan)) for plan in plans]
-        for pattern in (r"prefselect select --config .* --selector (\w+)", r"train --stage final --selector (\w+)")
+    *parents, last = key.split(".")
+    node = config
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = json.loads(json.dumps(value).replace("{reward_model}", reward_model))
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(config))
+    planned = planned_jobs(snakemake(settled_run, "-n", config=str(tmp_path / "changed.yaml")).stdout)
+    if expected is None:
+        everything = planned_jobs(snakemake(settled_run, "-n", "--forceall").stdout)
+        expected = everything - {"demo_tokenizer"}
+    assert planned == expected, (
+        f"planned but not expected: {planned - expected}; expected, not planned: {expected - planned}"
     )
-    assert selections[1] == selections[0]
-    assert finals[1] - finals[0] == {"lossdiff_irm"}
+
+
+def test_the_benchmarks_no_op_rerun_times_a_rerun_that_plans_nothing(settled_run):
+    """benchmarks/scoring.py's no-op rerun row, measured on a completed run: Snakemake's planning alone."""
+    benchmark = runpy.run_path(str(REPO / "benchmarks/scoring.py"))
+    row = benchmark["noop_rerun"](settled_run, "results", configfile=REPO / "tests/e2e/config.yaml")
+    assert row["seconds"] > 0 and row["cpu_seconds"] > 0, row  # no `skipped`: it ran, and did nothing
+    assert "Nothing to be done" in snakemake(settled_run, "-n").stdout
 
 
 def halving_config(directory: Path, **auto) -> str:
@@ -348,7 +454,7 @@ def halving_config(directory: Path, **auto) -> str:
 @pytest.fixture(scope="module")
 def halving_workdir(workdir, tmp_path_factory) -> Path:
     """A copy of the completed run, rerun with successive halving (one finalist, and the fallback `full`)."""
-    copy = shutil.copytree(workdir, tmp_path_factory.mktemp("halving") / "run", symlinks=True)
+    copy = own_copy(workdir, tmp_path_factory.mktemp("halving"))
     for name in GRID_ONLY:  # the full tournament's model of a candidate with no selector of its own
         shutil.rmtree(copy / f"results/models/final-{name}")
     run = snakemake(copy, "-p", config=halving_config(copy))
@@ -385,7 +491,7 @@ def test_halving_screens_every_candidate_and_continues_only_the_finalists(halvin
     assert "## Screen rung" in (out / "eval/tournament.md").read_text()
 
     # More finalists, or another criterion: no screen run again, and no finalist that is already complete.
-    copy = shutil.copytree(halving_workdir, tmp_path / "run", symlinks=True)
+    copy = own_copy(halving_workdir, tmp_path)
     rerun = snakemake(copy, "-p", config=halving_config(copy, finalists=len(CANDIDATES), criterion="dev_loss"))
     log = rerun.stdout + rerun.stderr
     assert "--stage screen" not in log and "checkpoint screen_rung:" in log
@@ -394,37 +500,29 @@ def test_halving_screens_every_candidate_and_continues_only_the_finalists(halvin
 
 
 @pytest.mark.parametrize("run", ["workdir", "halving_workdir"])
-def test_the_choice_reads_no_ground_truth_and_no_test_pair(run, request):
+def test_the_choice_reads_no_ground_truth_and_no_test_pair(run, request, tmp_path):
     """Scramble the demo's ground truth (`flipped`, `oracle_margin`) and the test pairs, and rerun everything the
     tournament depends on: warm-up, θ_val, scores, the candidates' selections, final models and dev log-probs, and
     the choice itself (with successive halving, its screen rung too). The same choice, on the same numbers."""
-    workdir = request.getfixturevalue(run)
+    workdir = own_copy(request.getfixturevalue(run), tmp_path)
     config = str(workdir / "halving.yaml") if run == "halving_workdir" else "config.yaml"
     out = workdir / "results"
     decisions = ["eval/dev/choice.json"] + (["eval/dev/screen_rung.json"] if run == "halving_workdir" else [])
     before = [json.loads((out / path).read_text()) for path in decisions]
-    saved = workdir / "saved"
-    saved.mkdir()
-    for name in ("train", "test"):
-        shutil.copy2(out / f"data/{name}.parquet", saved / f"{name}.parquet")
     train = pd.read_parquet(out / "data/train.parquet")
     train["flipped"] = ~train["flipped"]
     train["oracle_margin"] = -train["oracle_margin"].sample(frac=1, random_state=1).to_numpy()
     train.to_parquet(out / "data/train.parquet")
     train.head(5).to_parquet(out / "data/test.parquet")
-    try:
-        rerun = snakemake(workdir, "--until", "tournament", config=config)
-        for rule in ("warmup", "aux", "score", "select", "final", "heldout_logps", "tournament"):
-            assert f"rule {rule}:" in rerun.stdout + rerun.stderr, rule  # really recomputed
-        after = [json.loads((out / path).read_text()) for path in decisions]
-        assert after[0]["chosen"] == before[0]["chosen"]
-        assert after[-1].get("finalists") == before[-1].get("finalists")
-        for old, new in zip(before, after):
-            for name, row in old["candidates"].items():
-                assert new["candidates"][name] == pytest.approx(row, rel=1e-9), name
-    finally:
-        for name in ("train", "test"):
-            shutil.copy2(saved / f"{name}.parquet", out / f"data/{name}.parquet")
+    rerun = snakemake(workdir, "--until", "tournament", config=config)
+    for rule in ("warmup", "aux", "score", "select", "final", "heldout_logps", "tournament"):
+        assert f"rule {rule}:" in rerun.stdout + rerun.stderr, rule  # really recomputed
+    after = [json.loads((out / path).read_text()) for path in decisions]
+    assert after[0]["chosen"] == before[0]["chosen"]
+    assert after[-1].get("finalists") == before[-1].get("finalists")
+    for old, new in zip(before, after):
+        for name, row in old["candidates"].items():
+            assert new["candidates"][name] == pytest.approx(row, rel=1e-9), name
 
 
 def test_screening_trains_short_candidate_runs_and_only_the_winner_in_full(tmp_path):
@@ -484,8 +582,9 @@ def test_html_report_holds_the_figures(workdir, tmp_path):
         assert figure in names, figure
 
 
-def test_rerun_after_a_lost_score_shard_recomputes_only_that_shard_and_its_dependents(workdir):
+def test_rerun_after_a_lost_score_shard_recomputes_only_that_shard_and_its_dependents(workdir, tmp_path):
     """The state a failed scoring job leaves: its shard and everything downstream missing, the rest intact."""
+    workdir = own_copy(workdir, tmp_path)
     out = workdir / "results"
     before = pd.read_parquet(out / "scores/scores.parquet")
     (out / "scores/shards/1-of-2.parquet").unlink()
@@ -528,7 +627,7 @@ def test_rerun_after_a_lost_score_shard_recomputes_only_that_shard_and_its_depen
 def test_the_dag_runs_with_lora_adapters_in_every_stage(workdir, tmp_path):
     """training.lora on the e2e demo, tournament included. A copy of the shared run keeps its SFT model, data and
     reference log-probs (no LoRA key reaches them); every DPO stage and all that reads its models runs again."""
-    lora = shutil.copytree(workdir, tmp_path / "lora", symlinks=True)
+    lora = own_copy(workdir, tmp_path)
     planned = jobs_of(snakemake(lora, "-n", config="config_lora.yaml").stdout)
     assert not {"demo_sft", "demo_pairs", "prepare", "ref_logps"} & set(planned)
     assert {

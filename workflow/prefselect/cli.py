@@ -258,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
         "job's; 0 or no GPU means the CPU; unset keeps whatever is visible. train on more than one launches one "
         "DeepSpeed process per GPU",
     )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="pairs per forward batch of the scoring steps (logps, score, crossfit-score), in place of the config's "
+        "scoring.batch_size; it changes no number, so the workflow hands it as a job resource and a new one reruns "
+        "nothing",
+    )
     subparsers = parser.add_subparsers(dest="step", required=True)
 
     def step(name, func, help):
@@ -298,7 +306,9 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
     try:
-        step_settings = settings.load(getattr(args, "config", None), args.step, getattr(args, "stage", None))
+        step_settings = settings.load(
+            getattr(args, "config", None), args.step, getattr(args, "stage", None), batch_size=args.batch_size
+        )
         with gpus.placement(args.gpus):
             args.func(args, step_settings)
     except (ValueError, FileNotFoundError, settings.UnsetKey) as err:

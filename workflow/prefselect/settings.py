@@ -50,6 +50,14 @@ DPO = (
 )
 GRADIENTS = ("seed", *FORWARD, "method", "influence.params", "influence.batch_size")
 
+
+def selector_keys(*keys: str) -> tuple[str, ...]:
+    return tuple(f"selectors.{{selector}}.{key}" for key in keys)
+
+
+# What an external score reads of its selector's rule (how many pairs it keeps, and how its model trains, not).
+EXTERNAL_SCORE = selector_keys("kind", "column", "minus", "reward_model", "trust_remote_code", "weight")
+
 # The config keys each step reads; `{selector}` is the selector a job is for, `{auto}` the auto selector.
 STEP_KEYS = {
     "demo-tokenizer": ("demo.vocab_size",),
@@ -64,11 +72,12 @@ STEP_KEYS = {
     "train": DPO,
     "score": (*FORWARD, "method", "scoring.batch_size"),
     "crossfit-score": ("seed", *FORWARD, "method", "scoring.batch_size", "crossfit.folds"),
-    "external-score": (*FORWARD, "selectors.{selector}"),
+    "external-score": (*FORWARD, *EXTERNAL_SCORE),
     "select": ("seed", "selectors.{selector}"),
     "export": ("data.split",),
-    "screen-rung": ("method", "selectors.{selector}"),
-    "tournament": ("method", "selectors.{selector}"),
+    # The auto selector's candidates are the files a job is given, not keys it reads.
+    "screen-rung": ("method", *selector_keys("criterion", "finalists", "fallback")),
+    "tournament": ("method", *selector_keys("criterion", "fallback", "confidence", "guard")),
     "tournament-report": ("selectors",),
     "sample": ("seed", "model.trust_remote_code", "evaluation.samples", "evaluation.max_new_tokens"),
     "evaluate": ("seed", "evaluation.judge", "evaluation.opponent"),
@@ -78,16 +87,20 @@ STEP_KEYS = {
     "plots": ("selectors",),
 }
 # Parts of those keys that a step does not read: a selection does not depend on how its final model trains.
-STEP_EXCEPT = {"select": ("selectors.{selector}.final",)}
+STEP_EXCEPT = {step: ("selectors.{selector}.final",) for step in ("select", "screen-rung", "tournament")}
+# Keys that change how a job computes and never what it writes: the log-probs are the same bit for bit at any forward
+# batch size (tests/test_scoring.py). The workflow hands them to a job as options of their own (`--batch-size`, from
+# the job's resources) rather than in its `--config`, so that a new value reruns no job, as new `threads` do not.
+EXECUTION_KEYS = {"scoring.batch_size": "batch_size"}
 # A DPO run's length and pairs by stage: a stage's job does not rerun when another stage's epochs change.
 TRAIN_STAGES = {
     "warmup": ("training.warmup_epochs", "training.warmup_fraction"),
     "aux": ("training.aux_epochs",),
-    "final": ("training.final_epochs", "selectors.{selector}"),
+    "final": ("training.final_epochs", "selectors.{selector}.final"),
     # A screen run is its final run, stopped early: the same keys, and where it stops.
     "screen": (
         "training.final_epochs",
-        "selectors.{selector}",
+        "selectors.{selector}.final",
         "selectors.{auto}.kind",
         "selectors.{auto}.screen_epochs",
     ),
@@ -324,7 +337,8 @@ def _pick(config: dict, key: str, into: dict) -> None:
     node, target = config, into
     for part in parents:
         node, target = node[part], target.setdefault(part, {})
-    target[last] = copy.deepcopy(node[last])  # the picked keys may lose parts (STEP_EXCEPT); the config may not
+    if last in node:  # a selector's keys differ by kind: one its kind lacks is no key of the job
+        target[last] = copy.deepcopy(node[last])  # the picked keys may lose parts (STEP_EXCEPT); the config may not
 
 
 def step_config(config: dict, step: str, stage: str | None = None, selector: str | None = None) -> str:
@@ -333,6 +347,8 @@ def step_config(config: dict, step: str, stage: str | None = None, selector: str
     picked: dict = {}
     names = {"selector": selector, "auto": auto}
     for key in step_keys(step, stage):
+        if key in EXECUTION_KEYS:
+            continue
         # A run of no selector (a group study's) reads no selector's rule.
         if all(names[name] is not None for name in ("selector", "auto") if f"{{{name}}}" in key):
             _pick(config, key.format(**names), picked)
@@ -375,9 +391,15 @@ def read_config(value: str | None) -> dict:
     return loaded
 
 
-def load(value: str | None, step: str, stage: str | None = None) -> Settings:
-    """The settings of `step` from its `--config` (see `read_config`), with the schema's defaults for the rest."""
+def load(value: str | None, step: str, stage: str | None = None, **execution: Any) -> Settings:
+    """The settings of `step` from its `--config` (see `read_config`), with the schema's defaults for the rest;
+    `execution` (e.g. batch_size=8, None: not given) replaces the EXECUTION_KEYS of the config."""
     from .config import fill_defaults
 
+    config = fill_defaults(read_config(value))
+    for key, option in EXECUTION_KEYS.items():
+        if execution.get(option) is not None:
+            section, name = key.split(".")
+            config[section][name] = execution[option]
     keys = {key.split(".{")[0] for key in step_keys(step, stage)}  # a selector's rule: among the given selectors
-    return _build(Settings, fill_defaults(read_config(value)), keys)
+    return _build(Settings, config, keys)

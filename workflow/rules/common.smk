@@ -118,6 +118,11 @@ def job_resources(section):
     return resources
 
 
+# The forward batch of the steps that compute log-probs: a job resource and `--batch-size`, not a key of the job's
+# --config, since it changes no number (prefselect.settings.EXECUTION_KEYS): a new one reruns no job.
+FORWARD_BATCH = {"batch_size": config["scoring"]["batch_size"]}
+
+
 def selector_scores(wildcards):
     """The scores a selector reads: its external score, or the method's scores (with `influence` for TIF, with
     the cross-fitted columns for bands on them)."""

@@ -47,10 +47,12 @@ rule crossfit_score:
     threads: config["scoring"]["threads"]
     resources:
         **job_resources("scoring"),
+        **FORWARD_BATCH,
     params:
         config=settings("crossfit-score"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} crossfit-score --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} --batch-size {resources.batch_size} crossfit-score "
+        "--config {params.config} "
         "--model {input.model} --data {input.data} --ref {input.ref} --fold {wildcards.fold} --out {output} "
         "> {log} 2>&1"
 

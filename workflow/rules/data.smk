@@ -63,10 +63,12 @@ rule ref_logps:
     threads: config["scoring"]["threads"]
     resources:
         **job_resources("scoring"),
+        **FORWARD_BATCH,
     params:
         model=input_or("sft", SFT),
         config=settings("logps"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} logps --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} --batch-size {resources.batch_size} logps "
+        "--config {params.config} "
         "--model {params.model} --data {input.data} --shard {wildcards.shard} --shards {wildcards.shards} "
         "--out {output} > {log} 2>&1"

@@ -75,10 +75,12 @@ rule heldout_logps:
     threads: config["scoring"]["threads"]
     resources:
         **job_resources("scoring"),
+        **FORWARD_BATCH,
     params:
         config=settings("logps"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} logps --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} --batch-size {resources.batch_size} logps "
+        "--config {params.config} "
         "--model {input.model} --data {input.data} --out {output} > {log} 2>&1"
 
 

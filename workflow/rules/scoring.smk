@@ -22,10 +22,12 @@ rule score:
     threads: config["scoring"]["threads"]
     resources:
         **job_resources("scoring"),
+        **FORWARD_BATCH,
     params:
         config=settings("score"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} score --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} --batch-size {resources.batch_size} score "
+        "--config {params.config} "
         "--warmup {input.warmup} --aux {input.aux} --data {input.data} --ref {input.ref} --out {output} > {log} 2>&1"
 
 
