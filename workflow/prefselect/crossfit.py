@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .data import hash_position
-from .scoring import implicit_reward_margin, merge_shards, pair_loss
+from .scoring import margins_against, merge_shards, pair_loss
 from .tables import CROSSFIT
 
 SALT = "crossfit:"
@@ -41,16 +41,8 @@ def in_fold(pairs: pd.DataFrame, fold: int, folds: int, seed: int) -> pd.Series:
 def fold_scores(ref: pd.DataFrame, logps: pd.DataFrame, beta: float, loss_type: str) -> pd.DataFrame:
     """`id`, `xfit_irm`, `xfit_loss` of the pairs in `logps` (under their fold's model), against `ref` (the SFT
     model's log-probs; both frames hold `id`, `chosen_logp`, `rejected_logp`)."""
-    table = logps.merge(ref, on="id", how="left", suffixes=("", "_ref"), validate="one_to_one")
-    if table["chosen_logp_ref"].isna().any():
-        raise ValueError(f"reference log-probs are missing for {int(table['chosen_logp_ref'].isna().sum())} pairs")
-    irm = implicit_reward_margin(
-        table["chosen_logp"].to_numpy(),
-        table["rejected_logp"].to_numpy(),
-        table["chosen_logp_ref"].to_numpy(),
-        table["rejected_logp_ref"].to_numpy(),
-        beta,
-    )
+    table = margins_against(logps, ref, "the fold's log-probs", same_pairs=False)
+    irm = beta * table["h"].to_numpy()
     return pd.DataFrame({"id": table["id"], "xfit_irm": irm, "xfit_loss": pair_loss(irm, loss_type)})
 
 

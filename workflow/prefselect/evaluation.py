@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .judges import compare
+from .scoring import margins_against
 from .stats import half_width, outcome
 
 
@@ -43,18 +44,14 @@ def likelihood_win_rates(logps: dict[str, pd.DataFrame], opponent: pd.DataFrame)
     """
     results = {}
     for name, own in logps.items():
-        paired = own.merge(opponent, on="id", suffixes=("", "_opp"), validate="1:1")
-        if not len(paired) == len(own) == len(opponent):
-            raise ValueError(f"{name} and the opponent were not scored on the same pairs")
-        margin = (paired["chosen_logp"] - paired["chosen_logp_opp"]) - (
-            paired["rejected_logp"] - paired["rejected_logp_opp"]
-        )
+        paired = margins_against(own, opponent, name)  # the opponent is the reference
+        margin = paired["h"]
         results[name] = {
             **win_rate(outcome(margin), np.arange(len(paired))),
             "malformed": 0,
             "mean_margin": float(margin.mean()),
             "chosen_likelier": float((paired["chosen_logp"] > paired["rejected_logp"]).mean()),
-            "opponent_chosen_likelier": float((paired["chosen_logp_opp"] > paired["rejected_logp_opp"]).mean()),
+            "opponent_chosen_likelier": float((paired["chosen_logp_ref"] > paired["rejected_logp_ref"]).mean()),
         }
     return results
 

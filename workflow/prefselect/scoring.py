@@ -26,6 +26,21 @@ def pair_loss(irm: np.ndarray, loss_type: str) -> np.ndarray:
     raise ValueError(f"method.loss_type: {loss_type!r} is not one of {list(LOSS_TYPES)}")
 
 
+LOGP_PAIRS = ("chosen_logp", "rejected_logp", "chosen_logp_ref", "rejected_logp_ref")
+
+
+def margins_against(logps: pd.DataFrame, ref: pd.DataFrame, of: str, same_pairs: bool = True) -> pd.DataFrame:
+    """`logps` joined by id to `ref`'s log-probs (columns suffixed `_ref`), with `h`, the implicit reward margin
+    without β in nats: (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l)). Both frames hold `id`,
+    `chosen_logp`, `rejected_logp`; every pair of `logps` needs its reference, and with `same_pairs` `ref` holds no
+    other pair. `of` names the log-probs in the error."""
+    paired = logps.merge(ref, on="id", suffixes=("", "_ref"), validate="one_to_one")
+    if len(paired) != len(logps) or (same_pairs and len(paired) != len(ref)):
+        raise ValueError(f"{of} and the reference were not scored on the same pairs")
+    paired["h"] = implicit_reward_margin(*(paired[c].to_numpy(dtype=float) for c in LOGP_PAIRS), beta=1.0)
+    return paired
+
+
 def shard_rows(n_rows: int, shard: int, shards: int) -> slice:
     """Contiguous, deterministic row range of shard `shard` (0-based) out of `shards`."""
     if not 0 <= shard < shards:

@@ -26,21 +26,17 @@ import pandas as pd
 
 from .io import atomic_path
 from .kinds import EXTERNAL_SCORE
-from .scoring import implicit_reward_margin, pair_loss
+from .scoring import margins_against, pair_loss
 from .stats import interval, outcome, spearman
 from .tables import SCREEN_CHECKPOINT
 
 CRITERIA = {"dev_margin": ("margin", max), "dev_accuracy": ("accuracy", max), "dev_loss": ("loss", min)}
-LOGP_PAIRS = ("chosen_logp", "rejected_logp", "chosen_logp_ref", "rejected_logp_ref")
 
 
 def dev_margins(logps: pd.DataFrame, ref: pd.DataFrame) -> pd.Series:
     """h per dev pair (nats, without β), by id; both frames hold `id`, `chosen_logp`, `rejected_logp`."""
-    paired = logps.merge(ref, on="id", suffixes=("", "_ref"), validate="1:1")
-    if not len(paired) == len(logps) == len(ref):
-        raise ValueError("the candidate and the reference were not scored on the same dev pairs")
-    margin = implicit_reward_margin(*(paired[c].to_numpy(dtype=float) for c in LOGP_PAIRS), beta=1.0)
-    return pd.Series(margin, index=paired["id"]).sort_index()
+    paired = margins_against(logps, ref, "the candidate's dev log-probs")
+    return pd.Series(paired["h"].to_numpy(), index=paired["id"]).sort_index()
 
 
 def per_pair(margins: pd.Series, beta: float, loss_type: str) -> pd.DataFrame:
