@@ -3,32 +3,24 @@ import os
 import shlex
 from pathlib import Path
 
-from prefselect.config import EXTERNAL_KINDS, auto_selector
+from prefselect.config import EXTERNAL_KINDS
 from prefselect.settings import step_config
-from prefselect.kinds import candidate_names, grid_selectors
+from prefselect.kinds import plan
 
 OUT = config["outdir"]
-SELECTORS = list(config["selectors"])
-# The tournament of the `auto` selector, if there is one: its candidates train their own final models; with
-# screen_epochs, their final runs stop early as `screen-` runs, after which the winner trains in full as
-# final-{AUTO}; with finalists too, the best screen runs continue to their final runs and the best of those wins.
-AUTO = auto_selector(config)
-AUTO_SPEC = config["selectors"][AUTO] if AUTO else {}
-CANDIDATES = candidate_names(AUTO_SPEC) if AUTO else []
-SCREEN_EPOCHS = AUTO_SPEC.get("screen_epochs")
-FINALISTS = AUTO_SPEC.get("finalists")
-TOURNAMENT_STAGE = "screen" if SCREEN_EPOCHS and not FINALISTS else "final"
-GRID_ONLY = (
-    set(grid_selectors(AUTO_SPEC["grid"])) - set(AUTO_SPEC["candidates"])
-    if AUTO_SPEC.get("grid")
-    else set()
-)
-# Selectors that keep as many pairs as another selector keeps (`like`).
-MATCHED = [s for s, spec in config["selectors"].items() if "like" in spec]
-# Selectors with a final model of their own, evaluated by the judge (screened grid candidates have none).
-FINALS = [s for s in SELECTORS if not (SCREEN_EPOCHS and s in GRID_ONLY)]
-# Selectors whose final model a DPO run trains; the auto selector adopts its winner's, except after screening alone.
-TRAINED = [s for s in FINALS if s != AUTO or TOURNAMENT_STAGE == "screen"]
+# The selectors and the jobs they make (kinds.Plan): the auto selector's tournament, which selectors train a final
+# model, and the DPO runs.
+PLAN = plan(config)
+SELECTORS = PLAN.selectors
+AUTO = PLAN.auto
+CANDIDATES = PLAN.candidates
+SCREEN_EPOCHS = PLAN.screen_epochs
+FINALISTS = PLAN.finalists
+TOURNAMENT_STAGE = PLAN.tournament_stage
+MATCHED = PLAN.matched
+FINALS = PLAN.finals
+TRAINED = PLAN.trained
+STAGES = PLAN.stages
 SHARDS = config["scoring"]["shards"]
 SFT = config["model"]["path"]
 
@@ -152,9 +144,6 @@ def reward_model(wildcards):
 def like_selection(wildcards):
     like = config["selectors"][wildcards.selector].get("like")
     return [f"{OUT}/selection/{like}.parquet"] if like else []
-
-
-STAGES = ["warmup", "aux"] + [f"final-{s}" for s in FINALS]
 
 
 # The auto selector's tournament (tournament.smk).
