@@ -25,6 +25,47 @@ SHARDS = config["scoring"]["shards"]
 SFT = config["model"]["path"]
 
 
+def final_outputs():
+    """What `all` asks for: the data report, the scores, every selection (exported too), the final models, the
+    evaluation with its figures, and, where the config has them, the cross-fitted scores, the influence reports,
+    the demo's deciles and the auto selector's tournament."""
+    influence = config["influence"]
+    influence_reports = [
+        "agreement.json",
+        "agreement.md",
+        "agreement.png",
+        "groups.json",
+        "groups.md",
+    ]
+    if influence["group_training"]:
+        influence_reports.append("groups.png")  # the group study's validation curves
+    return [
+        f"{OUT}/data/report.json",
+        f"{OUT}/scores/scores.parquet",
+        f"{OUT}/scores/crossfit.parquet" if config["crossfit"]["folds"] else [],
+        expand(f"{OUT}/selection/{{selector}}.parquet", selector=SELECTORS),
+        expand(
+            f"{OUT}/selected/{{selector}}.{{ext}}",
+            selector=SELECTORS,
+            ext=["jsonl", "parquet"],
+        ),
+        expand(f"{OUT}/models/final-{{selector}}", selector=FINALS),
+        f"{OUT}/eval/results.json",
+        f"{OUT}/eval/results.md",
+        # The agreement report and the group study of influence.
+        (
+            [f"{OUT}/eval/{name}" for name in influence_reports]
+            if influence["enabled"]
+            else []
+        ),
+        # The demo's ground truth says where the flipped labels sit in each score.
+        f"{OUT}/eval/deciles.md" if config["demo"]["enabled"] else [],
+        f"{OUT}/eval/plots/results.png",
+        # Which candidate the auto selector chose, and why.
+        f"{OUT}/eval/tournament.md" if AUTO else [],
+    ]
+
+
 def screen_run(wildcards):
     """The screen run a candidate's final run continues from, where the auto selector screens."""
     continues = (

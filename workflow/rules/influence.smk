@@ -15,23 +15,6 @@ BENCHMARKS = {
     ),
 }
 
-# What `all` asks for: the agreement report and the group study (with its validation curves when trained).
-INFLUENCE_TARGETS = (
-    [
-        f"{OUT}/eval/{name}"
-        for name in (
-            "agreement.json",
-            "agreement.md",
-            "agreement.png",
-            "groups.json",
-            "groups.md",
-        )
-    ]
-    + ([f"{OUT}/eval/groups.png"] if INFLUENCE["group_training"] else [])
-    if INFLUENCE["enabled"]
-    else []
-)
-
 
 localrules:
     merge_influence,  # seconds, on tables already computed
