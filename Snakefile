@@ -58,10 +58,6 @@ if config["crossfit"]["folds"]:
     include: "workflow/rules/crossfit.smk"
 
 
-localrules:
-    all,
-
-
 onsuccess:
     # Each DPO run removes its own checkpoints/{stage}/ once its model is complete; the folder of them goes last.
     if os.path.isdir(f"{OUT}/checkpoints") and not os.listdir(f"{OUT}/checkpoints"):
@@ -72,3 +68,4 @@ rule all:
     default_target: True
     input:
         final_outputs(),
+    localrule: True

@@ -3,10 +3,6 @@
 FOLDS = config["crossfit"]["folds"]
 
 
-localrules:
-    join_crossfit,
-
-
 rule crossfit_warmup:
     input:
         sft=local_model(SFT),
@@ -65,6 +61,7 @@ rule join_crossfit:
         f"{OUT}/scores/crossfit.parquet",
     log:
         f"{OUT}/logs/join_crossfit.log",
+    localrule: True
     conda:
         "../../envs/prefselect.yaml"
     shell:

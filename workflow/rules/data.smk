@@ -2,8 +2,6 @@ DATA = config["data"]
 
 
 # A hub dataset or tokenizer is a download: where Snakemake runs, which has the internet.
-localrules:
-    prepare,
 
 
 rule prepare:
@@ -22,6 +20,7 @@ rule prepare:
         report=f"{OUT}/data/report.json",
     log:
         f"{OUT}/logs/prepare.log",
+    localrule: True  # a hub dataset or tokenizer is a download: where Snakemake runs, which has the internet
     conda:
         "../../envs/prefselect.yaml"
     params:

@@ -6,16 +6,13 @@ HUMAN_LABELS = DEMO["task"] == "human_labels"
 DEMO_TEXTS = f"{OUT}/demo/{'rated_snippets' if HUMAN_LABELS else 'snippets'}.parquet"
 
 
-# Downloads: where Snakemake runs, which has the internet that a cluster's compute nodes often lack.
-localrules:
-    demo_snippets,
-
-
 rule demo_snippets:
     output:
         f"{OUT}/demo/snippets.parquet",
     log:
         f"{OUT}/logs/demo_snippets.log",
+    # A download: where Snakemake runs, which has the internet that a cluster's compute nodes often lack.
+    localrule: True
     conda:
         "../../envs/prefselect.yaml"
     params:
@@ -59,14 +56,12 @@ rule demo_sft:
 
 if HUMAN_LABELS:
 
-    localrules:
-        demo_rated_snippets,
-
     rule demo_rated_snippets:
         output:
             f"{OUT}/demo/rated_snippets.parquet",
         log:
             f"{OUT}/logs/demo_rated_snippets.log",
+        localrule: True  # a download, as demo_snippets
         conda:
             "../../envs/prefselect.yaml"
         params:

@@ -17,19 +17,6 @@ OPPONENT = (
 )
 
 
-# Seconds, without a model: where Snakemake runs, not in a cluster's queue (evaluate too, unless its judge is a
-# reward model on a GPU).
-localrules:
-    diagnose,
-    plots,
-
-
-if not JUDGE_MODEL:
-
-    localrules:
-        evaluate,
-
-
 rule sample:
     input:
         model=lambda wildcards: (
@@ -94,6 +81,8 @@ rule evaluate:
         md=f"{OUT}/eval/results.md",
     log:
         f"{OUT}/logs/evaluate.log",
+    # Seconds where Snakemake runs, not in a cluster's queue, unless its judge is a reward model on a GPU.
+    localrule: not JUDGE_MODEL
     conda:
         "../../envs/prefselect.yaml"
     threads: EVAL["threads"] if JUDGE_MODEL else 1
@@ -125,6 +114,7 @@ rule diagnose:
         md=f"{OUT}/eval/deciles.md",
     log:
         f"{OUT}/logs/diagnose.log",
+    localrule: True  # seconds, without a model: where Snakemake runs, not in a cluster's queue
     conda:
         "../../envs/prefselect.yaml"
     shell:
@@ -167,6 +157,7 @@ rule plots:
         ),
     log:
         f"{OUT}/logs/plots.log",
+    localrule: True  # seconds, without a model
     conda:
         "../../envs/prefselect.yaml"
     params:

@@ -16,14 +16,6 @@ BENCHMARKS = {
 }
 
 
-localrules:
-    merge_influence,  # seconds, on tables already computed
-    join_influence,
-    agreement,
-    influence_groups,
-    group_study,
-
-
 rule val_grad:
     input:
         warmup=rules.warmup.output,
@@ -83,6 +75,7 @@ rule merge_influence:
         f"{OUT}/influence/influence.parquet",
     log:
         f"{OUT}/logs/merge_influence.log",
+    localrule: True  # seconds, on tables already computed
     conda:
         "../../envs/prefselect.yaml"
     shell:
@@ -97,6 +90,7 @@ rule join_influence:
         f"{OUT}/influence/scores.parquet",
     log:
         f"{OUT}/logs/join_influence.log",
+    localrule: True
     conda:
         "../../envs/prefselect.yaml"
     shell:
@@ -114,6 +108,7 @@ rule agreement:
         png=f"{OUT}/eval/agreement.png",
     log:
         f"{OUT}/logs/agreement.log",
+    localrule: True
     conda:
         "../../envs/prefselect.yaml"
     params:
@@ -134,6 +129,7 @@ rule influence_groups:
         expand(f"{OUT}/influence/groups/{{group}}.parquet", group=IF_GROUPS),
     log:
         f"{OUT}/logs/influence_groups.log",
+    localrule: True
     conda:
         "../../envs/prefselect.yaml"
     params:
@@ -187,6 +183,7 @@ rule group_study:
         png=f"{OUT}/eval/groups.png" if INFLUENCE["group_training"] else [],
     log:
         f"{OUT}/logs/group_study.log",
+    localrule: True
     conda:
         "../../envs/prefselect.yaml"
     params:

@@ -1,10 +1,6 @@
 # Score every training pair, one job per shard, then merge.
 
 
-localrules:
-    merge_scores,  # seconds: not worth a place in a cluster's queue
-
-
 rule score:
     input:
         warmup=rules.warmup.output,
@@ -37,6 +33,7 @@ rule merge_scores:
         f"{OUT}/scores/scores.parquet",
     log:
         f"{OUT}/logs/merge_scores.log",
+    localrule: True  # seconds: not worth a place in a cluster's queue
     conda:
         "../../envs/prefselect.yaml"
     shell:
@@ -51,10 +48,6 @@ EXTERNAL = {
 BY_REWARD_MODEL = [s for s, spec in EXTERNAL.items() if "reward_model" in spec]
 
 
-localrules:
-    external_score,
-
-
 rule external_score:
     input:
         data=f"{OUT}/data/train.parquet",
@@ -66,6 +59,7 @@ rule external_score:
         f"{OUT}/logs/external_score/{{selector}}.log",
     wildcard_constraints:
         selector="|".join(s for s in EXTERNAL if s not in BY_REWARD_MODEL) or "^$",
+    localrule: True  # a data column's score: seconds
     conda:
         "../../envs/prefselect.yaml"
     resources:
@@ -81,6 +75,7 @@ rule external_score:
 use rule external_score as reward_margin with:
     wildcard_constraints:
         selector="|".join(BY_REWARD_MODEL) or "^$",
+    localrule: False
     threads: config["scoring"]["threads"]
     resources:
         **job_resources("scoring"),

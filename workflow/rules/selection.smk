@@ -1,9 +1,5 @@
-# Jobs that take seconds run where Snakemake runs (on a cluster, the login node) rather than wait in the queue.
-localrules:
-    select,
-    select_matched,
-    export,
-    selections,
+# Jobs that take seconds run where Snakemake runs (on a cluster, the login node) rather than wait in the queue:
+# each rule here is a local rule.
 
 
 rule select:
@@ -17,6 +13,7 @@ rule select:
         f"{OUT}/logs/select/{{selector}}.log",
     wildcard_constraints:
         selector="|".join(s for s in SELECTORS if s != AUTO and s not in MATCHED),
+    localrule: True
     conda:
         "../../envs/prefselect.yaml"
     params:
@@ -32,6 +29,7 @@ rule select:
 use rule select as select_matched with:
     wildcard_constraints:
         selector="|".join(MATCHED) or "^$",
+    localrule: True  # `use rule ... with` sets localrule anew
 
 
 rule export:
@@ -47,6 +45,7 @@ rule export:
         f"{OUT}/logs/export/{{selector}}.log",
     wildcard_constraints:
         selector="|".join(SELECTORS),
+    localrule: True
     conda:
         "../../envs/prefselect.yaml"
     params:
@@ -68,3 +67,4 @@ rule selections:
             selector=[s for s in SELECTORS if s != AUTO],
             ext=["jsonl", "parquet"],
         ),
+    localrule: True

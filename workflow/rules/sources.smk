@@ -9,9 +9,6 @@ if GGUF:
     # models/sft is the demo's SFT model elsewhere; config.py allows model.gguf with the demo's human_labels only.
     ruleorder: gguf_model > demo_sft
 
-    localrules:
-        gguf_model,  # a download
-
     rule gguf_model:
         input:
             [GGUF["local_copy"]] if GGUF["local_copy"] else [],
@@ -19,6 +16,7 @@ if GGUF:
             directory(f"{OUT}/models/sft"),
         log:
             f"{OUT}/logs/gguf_model.log",
+        localrule: True  # a download
         conda:
             "../../envs/prefselect.yaml"
         params:
@@ -29,9 +27,6 @@ if GGUF:
 
 if PACKAGE:
 
-    localrules:
-        fetch_data,  # a download
-
     rule fetch_data:
         input:
             [PACKAGE["local_copy"]] if PACKAGE["local_copy"] else [],
@@ -39,6 +34,7 @@ if PACKAGE:
             config["data"]["source"],
         log:
             f"{OUT}/logs/fetch_data.log",
+        localrule: True  # a download
         conda:
             "../../envs/prefselect.yaml"
         params:

@@ -3,15 +3,7 @@
 # the DAG), and only the finalists it names continue to the final runs that the tournament judges.
 
 
-localrules:
-    tournament,  # seconds, on log-probs already computed
-    tournament_report,
-
-
 if FINALISTS:
-
-    localrules:
-        screen_rung,
 
     checkpoint screen_rung:
         input:
@@ -22,6 +14,7 @@ if FINALISTS:
             f"{OUT}/eval/dev/screen_rung.json",
         log:
             f"{OUT}/logs/screen_rung.log",
+        localrule: True
         conda:
             "../../envs/prefselect.yaml"
         params:
@@ -43,6 +36,7 @@ rule tournament:
         choice=f"{OUT}/eval/dev/choice.json",
     log:
         f"{OUT}/logs/tournament.log",
+    localrule: True  # seconds, on log-probs already computed
     conda:
         "../../envs/prefselect.yaml"
     params:
@@ -57,9 +51,6 @@ rule tournament:
 
 if TOURNAMENT_STAGE == "final":
 
-    localrules:
-        adopt_winner,  # hard links
-
     rule adopt_winner:
         """The winner's final model is final-{AUTO}, linked rather than trained again."""
         input:
@@ -69,6 +60,7 @@ if TOURNAMENT_STAGE == "final":
             directory(f"{OUT}/models/final-{AUTO}"),
         log:
             f"{OUT}/logs/adopt_winner.log",
+        localrule: True  # hard links
         conda:
             "../../envs/prefselect.yaml"
         params:
@@ -98,6 +90,7 @@ rule tournament_report:
         ),
     log:
         f"{OUT}/logs/tournament_report.log",
+    localrule: True
     conda:
         "../../envs/prefselect.yaml"
     params:
