@@ -96,8 +96,9 @@ def local_file(path):
 
 
 def input_or(name, fallback):
-    """A param: the path of input `name`, or `fallback` (a hub id) where that input is empty."""
-    return lambda wildcards, input: str(input[name]) or fallback
+    """A param: the path of input `name`, or `fallback` (a hub id) where that input is empty; none (empty) without
+    a fallback."""
+    return lambda wildcards, input: str(input[name]) or fallback or ""
 
 
 def output_folder(name):
@@ -171,9 +172,9 @@ def sft_logps(wildcards):
     return ref_shards("train") if spec["kind"] == "alignment_potential" else []
 
 
-def sft_inputs(wildcards, input):
-    """The arguments that hand `external-score` the SFT model's log-probs and tokenizer, where it needs them."""
-    return f"--ref {' '.join(input.sft)} --tokenizer {SFT}" if input.sft else ""
+def sft_tokenizer(wildcards):
+    """An alignment_potential selector's tokenizer: the SFT model's, as its log-probs were taken; else none."""
+    return SFT if sft_logps(wildcards) else ""
 
 
 def reward_model(wildcards):

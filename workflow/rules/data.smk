@@ -27,24 +27,16 @@ rule prepare:
         source=input_or("source", DATA["source"]),
         model=input_or("sft", SFT),
         outdir=output_folder("train"),
-        validation=lambda wildcards, input: (
-            f"--validation {input.validation or DATA['validation']}"
-            if DATA["validation"]
-            else ""
-        ),
+        validation=input_or("validation", DATA["validation"]),
+        test=input_or("test", DATA["test"]),
         # Dev pairs: the file given, or a share of the validation pairs where an auto selector chooses on them.
-        dev=lambda wildcards, input: (
-            f"--dev {input.dev or DATA['dev']}"
-            if DATA["dev"]
-            else ("--hold-out-dev" if AUTO else "")
-        ),
-        test=lambda wildcards, input: (
-            f"--test {input.test or DATA['test']}" if DATA["test"] else ""
-        ),
+        dev=input_or("dev", DATA["dev"]),
+        hold_out_dev="--hold-out-dev" if AUTO and not DATA["dev"] else "",
         config=settings("prepare"),
     shell:
-        "python -m prefselect prepare --config {params.config} --source {params.source} {params.validation} "
-        "--tokenizer {params.model} --out {params.outdir} {params.dev} {params.test} > {log} 2>&1"
+        "python -m prefselect prepare --config {params.config} --source {params.source} --validation {params.validation} "
+        "--tokenizer {params.model} --out {params.outdir} --dev {params.dev} {params.hold_out_dev} "
+        "--test {params.test} > {log} 2>&1"
 
 
 rule ref_logps:

@@ -16,9 +16,9 @@ rule demo_snippets:
     conda:
         "../../envs/prefselect.yaml"
     params:
-        local_copy=f"--local-copy {DEMO['snippets']}" if DEMO["snippets"] else "",
+        local_copy=DEMO["snippets"] or "",
     shell:
-        "python -m prefselect demo-snippets --out {output} {params.local_copy} > {log} 2>&1"
+        "python -m prefselect demo-snippets --out {output} --local-copy {params.local_copy} > {log} 2>&1"
 
 
 rule demo_tokenizer:
@@ -65,11 +65,11 @@ if HUMAN_LABELS:
         conda:
             "../../envs/prefselect.yaml"
         params:
-            local_copy=f"--local-copy {DEMO['snippets']}" if DEMO["snippets"] else "",
+            local_copy=DEMO["snippets"] or "",
             config=settings("demo-rated-snippets"),
         shell:
-            "python -m prefselect demo-rated-snippets --config {params.config} --out {output} {params.local_copy} "
-            "> {log} 2>&1"
+            "python -m prefselect demo-rated-snippets --config {params.config} --out {output} "
+            "--local-copy {params.local_copy} > {log} 2>&1"
 
     rule demo_rated_pairs:
         input:

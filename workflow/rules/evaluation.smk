@@ -91,13 +91,10 @@ rule evaluate:
     params:
         names=FINALS,
         config=settings("evaluate"),
-        prompts=lambda wildcards, input: (
-            f"--prompts {input.prompts}" if input.prompts else ""
-        ),
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} evaluate --config {params.config} "
         "--names {params.names} --selections {input.selections} --samples {input.samples} "
-        "--opponent {input.opponent} {params.prompts} --data {input.data} --out-json {output.json} "
+        "--opponent {input.opponent} --prompts {input.prompts} --data {input.data} --out-json {output.json} "
         "--out-md {output.md} > {log} 2>&1"
 
 

@@ -186,10 +186,6 @@ rule group_study:
     localrule: True
     conda:
         "../../envs/prefselect.yaml"
-    params:
-        curves=lambda wildcards, input, output: (
-            f"--models {input.models} --out-png {output.png}" if input.models else ""
-        ),
     shell:
         "python -m prefselect group-study --data {input.data} --influence {input.influence} --groups {input.groups} "
-        "{params.curves} --out-json {output.json} --out-md {output.md} > {log} 2>&1"
+        "--models {input.models} --out-png {output.png} --out-json {output.json} --out-md {output.md} > {log} 2>&1"

@@ -66,10 +66,10 @@ rule external_score:
         gpu=0,
     params:
         config=selector_settings("external-score"),
-        sft=sft_inputs,
+        tokenizer=sft_tokenizer,
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} external-score --config {params.config} "
-        "--selector {wildcards.selector} --data {input.data} {params.sft} --out {output} > {log} 2>&1"
+        "--selector {wildcards.selector} --data {input.data} --ref {input.sft} --tokenizer {params.tokenizer} --out {output} > {log} 2>&1"
 
 
 use rule external_score as reward_margin with:

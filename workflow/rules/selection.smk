@@ -18,10 +18,9 @@ rule select:
         "../../envs/prefselect.yaml"
     params:
         config=selector_settings("select"),
-        like=lambda wildcards, input: f"--like {input.like}" if input.like else "",
     shell:
         "python -m prefselect select --config {params.config} --selector {wildcards.selector} "
-        "--scores {input.scores} --data {input.data} {params.like} --out {output} > {log} 2>&1"
+        "--scores {input.scores} --data {input.data} --like {input.like} --out {output} > {log} 2>&1"
 
 
 # A selection with a `like` waits for another selection: a rule of its own, so that no rule depends on itself (and
