@@ -1,6 +1,5 @@
 import json
 import os
-import shlex
 from pathlib import Path
 
 from prefselect.config import EXTERNAL_KINDS
@@ -109,15 +108,16 @@ def ref_shards(split):
     return expand(f"{OUT}/logps/ref/{split}/{{i}}-of-{SHARDS}.parquet", i=range(SHARDS))
 
 
-def settings(step, stage=None):
-    """A job's --config: the config keys its step reads, as JSON; a change to one of them reruns the job."""
-    return shlex.quote(step_config(config, step, stage))
+def settings(step, stage=None, selector=None):
+    """A job's --config: the config keys its step reads, as JSON (for the shell as `{params.config:q}`); a change
+    to one of them reruns the job."""
+    return step_config(config, step, stage, selector)
 
 
 def selector_settings(step, stage=None):
-    """The --config of a job for one selector, `{selector}`: its rule among the keys."""
-    return lambda wildcards: shlex.quote(
-        step_config(config, step, stage, wildcards.selector)
+    """The --config of a job for one selector, `{selector}`: its rule among the keys. `stage` may name wildcards."""
+    return lambda wildcards: step_config(
+        config, step, stage and stage.format(**wildcards), wildcards.selector
     )
 
 

@@ -25,7 +25,7 @@ rule crossfit_warmup:
         checkpoints=checkpoint_dir("xfit-{fold}"),
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} train --stage crossfit "
-        "--holdout-fold {wildcards.fold} --config {params.config} --model {params.model} --data {input.data} "
+        "--holdout-fold {wildcards.fold} --config {params.config:q} --model {params.model} --data {input.data} "
         "--ref {input.ref} --checkpoint-dir {params.checkpoints} --out {output} > {log} 2>&1"
 
 
@@ -46,7 +46,7 @@ rule crossfit_score:
     params:
         config=settings("crossfit-score"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} crossfit-score --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} crossfit-score --config {params.config:q} "
         "--model {input.model} --data {input.data} --ref {input.ref} --fold {wildcards.fold} --out {output} "
         "> {log} 2>&1"
 

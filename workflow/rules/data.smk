@@ -34,7 +34,7 @@ rule prepare:
         hold_out_dev="--hold-out-dev" if AUTO and not DATA["dev"] else "",
         config=settings("prepare"),
     shell:
-        "python -m prefselect prepare --config {params.config} --source {params.source} --validation {params.validation} "
+        "python -m prefselect prepare --config {params.config:q} --source {params.source} --validation {params.validation} "
         "--tokenizer {params.model} --out {params.outdir} --dev {params.dev} {params.hold_out_dev} "
         "--test {params.test} > {log} 2>&1"
 
@@ -58,6 +58,6 @@ rule ref_logps:
         model=input_or("sft", SFT),
         config=settings("logps"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} logps --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} logps --config {params.config:q} "
         "--model {params.model} --data {input.data} --shard {wildcards.shard} --shards {wildcards.shards} "
         "--out {output} > {log} 2>&1"

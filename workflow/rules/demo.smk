@@ -33,7 +33,7 @@ rule demo_tokenizer:
     params:
         config=settings("demo-tokenizer"),
     shell:
-        "python -m prefselect demo-tokenizer --config {params.config} --snippets {input} --out {output} > {log} 2>&1"
+        "python -m prefselect demo-tokenizer --config {params.config:q} --snippets {input} --out {output} > {log} 2>&1"
 
 
 rule demo_sft:
@@ -50,7 +50,7 @@ rule demo_sft:
     params:
         config=settings("demo-sft"),
     shell:
-        "python -m prefselect --threads {threads} demo-sft --config {params.config} --snippets {input.snippets} "
+        "python -m prefselect --threads {threads} demo-sft --config {params.config:q} --snippets {input.snippets} "
         "--tokenizer {input.tokenizer} --out {output} > {log} 2>&1"
 
 
@@ -68,7 +68,7 @@ if HUMAN_LABELS:
             local_copy=DEMO["snippets"] or "",
             config=settings("demo-rated-snippets"),
         shell:
-            "python -m prefselect demo-rated-snippets --config {params.config} --out {output} "
+            "python -m prefselect demo-rated-snippets --config {params.config:q} --out {output} "
             "--local-copy {params.local_copy} > {log} 2>&1"
 
     rule demo_rated_pairs:
@@ -89,7 +89,7 @@ if HUMAN_LABELS:
             outdir=output_folder("train"),
             config=settings("demo-rated-pairs"),
         shell:
-            "python -m prefselect demo-rated-pairs --config {params.config} --model {params.model} "
+            "python -m prefselect demo-rated-pairs --config {params.config:q} --model {params.model} "
             "--snippets {input.snippets} --out {params.outdir} > {log} 2>&1"
 
 else:
@@ -112,5 +112,5 @@ else:
             outdir=output_folder("train"),
             config=settings("demo-pairs"),
         shell:
-            "python -m prefselect --threads {threads} demo-pairs --config {params.config} --model {input.model} "
+            "python -m prefselect --threads {threads} demo-pairs --config {params.config:q} --model {input.model} "
             "--snippets {input.snippets} --out {params.outdir} > {log} 2>&1"

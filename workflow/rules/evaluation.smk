@@ -40,7 +40,7 @@ rule sample:
         model=input_or("model", SFT),
         config=settings("sample"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} sample --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} sample --config {params.config:q} "
         "--model {params.model} --prompts {input.prompts} --out {output} > {log} 2>&1"
 
 
@@ -65,7 +65,7 @@ rule heldout_logps:
     params:
         config=settings("logps"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} logps --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} logps --config {params.config:q} "
         "--model {input.model} --data {input.data} --out {output} > {log} 2>&1"
 
 
@@ -92,7 +92,7 @@ rule evaluate:
         names=FINALS,
         config=settings("evaluate"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} evaluate --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} evaluate --config {params.config:q} "
         "--names {params.names} --selections {input.selections} --samples {input.samples} "
         "--opponent {input.opponent} --prompts {input.prompts} --data {input.data} --out-json {output.json} "
         "--out-md {output.md} > {log} 2>&1"
@@ -164,6 +164,6 @@ rule plots:
         ],
         outdir=output_folder("scores"),
     shell:
-        "python -m prefselect plots --config {params.config} --scores {input.scores} --data {input.data} "
+        "python -m prefselect plots --config {params.config:q} --scores {input.scores} --data {input.data} "
         "--training-logs {params.logs} --results {input.results} --data-report {input.data_report} "
         "--out {params.outdir} > {log} 2>&1"

@@ -35,7 +35,7 @@ rule val_grad:
     params:
         config=settings("val-grad"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} val-grad --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} val-grad --config {params.config:q} "
         "--model {input.warmup} --data {input.data} --ref {input.ref} --out {output} > {log} 2>&1"
 
 
@@ -59,7 +59,7 @@ rule influence:
     params:
         config=settings("influence"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} influence --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} influence --config {params.config:q} "
         "--model {input.warmup} --val-grad {input.val_grad} --data {input.data} --ref {input.ref} "
         "--shard {wildcards.shard} --shards {wildcards.shards} --out {output} > {log} 2>&1"
 
@@ -117,7 +117,7 @@ rule agreement:
         ),
         config=settings("agreement"),
     shell:
-        "python -m prefselect agreement --config {params.config} --scores {input.scores} "
+        "python -m prefselect agreement --config {params.config:q} --scores {input.scores} "
         "--benchmarks {params.benchmarks} --out-json {output.json} --out-md {output.md} --out-png {output.png} "
         "> {log} 2>&1"
 
@@ -161,7 +161,7 @@ rule group_train:
         config=settings("train", "final"),
         checkpoints=checkpoint_dir("group-{group}"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --stage final --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --stage final --config {params.config:q} "
         "--model {input.warmup} --data {input.data} --selection {input.selection} --ref {input.ref} "
         "--eval-data {input.val} --eval-ref {input.val_ref} --checkpoint-dir {params.checkpoints} "
         "--out {output} > {log} 2>&1"

@@ -21,7 +21,7 @@ rule score:
     params:
         config=settings("score"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} score --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} score --config {params.config:q} "
         "--warmup {input.warmup} --aux {input.aux} --data {input.data} --ref {input.ref} --out {output} > {log} 2>&1"
 
 
@@ -68,7 +68,7 @@ rule external_score:
         config=selector_settings("external-score"),
         tokenizer=sft_tokenizer,
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} external-score --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} external-score --config {params.config:q} "
         "--selector {wildcards.selector} --data {input.data} --ref {input.sft} --tokenizer {params.tokenizer} --out {output} > {log} 2>&1"
 
 

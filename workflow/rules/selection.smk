@@ -19,7 +19,7 @@ rule select:
     params:
         config=selector_settings("select"),
     shell:
-        "python -m prefselect select --config {params.config} --selector {wildcards.selector} "
+        "python -m prefselect select --config {params.config:q} --selector {wildcards.selector} "
         "--scores {input.scores} --data {input.data} --like {input.like} --out {output} > {log} 2>&1"
 
 
@@ -51,7 +51,7 @@ rule export:
         source=input_or("source", config["data"]["source"]),
         config=settings("export"),
     shell:
-        "python -m prefselect export --config {params.config} --selection {input.selection} --source {params.source} "
+        "python -m prefselect export --config {params.config:q} --selection {input.selection} --source {params.source} "
         "--out-jsonl {output.jsonl} --out-parquet {output.parquet} > {log} 2>&1"
 
 

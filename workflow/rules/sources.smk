@@ -22,7 +22,7 @@ if GGUF:
         params:
             config=settings("gguf-model"),
         shell:
-            "python -m prefselect gguf-model --config {params.config} --out {output} > {log} 2>&1"
+            "python -m prefselect gguf-model --config {params.config:q} --out {output} > {log} 2>&1"
 
 
 if PACKAGE:
@@ -40,4 +40,4 @@ if PACKAGE:
         params:
             config=settings("fetch-file"),
         shell:
-            "python -m prefselect fetch-file --config {params.config} --out {output} > {log} 2>&1"
+            "python -m prefselect fetch-file --config {params.config:q} --out {output} > {log} 2>&1"

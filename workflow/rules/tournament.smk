@@ -20,9 +20,9 @@ if FINALISTS:
         params:
             auto=AUTO,
             names=CANDIDATES,
-            config=shlex.quote(step_config(config, "screen-rung", selector=AUTO)),
+            config=settings("screen-rung", selector=AUTO),
         shell:
-            "python -m prefselect screen-rung --config {params.config} --selector {params.auto} --names {params.names} "
+            "python -m prefselect screen-rung --config {params.config:q} --selector {params.auto} --names {params.names} "
             "--logps {input.logps} --ref {input.ref} --selections {input.selections} --out {output} > {log} 2>&1"
 
 
@@ -42,9 +42,9 @@ rule tournament:
     params:
         auto=AUTO,
         names=judged,
-        config=shlex.quote(step_config(config, "tournament", selector=AUTO)),
+        config=settings("tournament", selector=AUTO),
     shell:
-        "python -m prefselect tournament --config {params.config} --selector {params.auto} --names {params.names} "
+        "python -m prefselect tournament --config {params.config:q} --selector {params.auto} --names {params.names} "
         "--logps {input.logps} --ref {input.ref} --selections {input.selections} "
         "--out-selection {output.selection} --out-choice {output.choice} > {log} 2>&1"
 
@@ -96,6 +96,6 @@ rule tournament_report:
     params:
         config=settings("tournament-report"),
     shell:
-        "python -m prefselect tournament-report --config {params.config} --choice {input.choice} "
+        "python -m prefselect tournament-report --config {params.config:q} --choice {input.choice} "
         "--results {input.results} --rung {input.rung} --screens {input.screens} --benchmarks {input.benchmarks} "
         "--out-json {output.json} --out-md {output.md} --out-png {output.png} > {log} 2>&1"
