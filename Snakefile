@@ -58,10 +58,6 @@ if config["crossfit"]["folds"]:
     include: "workflow/rules/crossfit.smk"
 
 
-localrules:
-    all,
-
-
 onsuccess:
     # Each DPO run removes its own checkpoints/{stage}/ once its model is complete; the folder of them goes last.
     if os.path.isdir(f"{OUT}/checkpoints") and not os.listdir(f"{OUT}/checkpoints"):
@@ -71,21 +67,5 @@ onsuccess:
 rule all:
     default_target: True
     input:
-        f"{OUT}/data/report.json",
-        f"{OUT}/scores/scores.parquet",
-        f"{OUT}/scores/crossfit.parquet" if config["crossfit"]["folds"] else [],
-        expand(f"{OUT}/selection/{{selector}}.parquet", selector=SELECTORS),
-        expand(
-            f"{OUT}/selected/{{selector}}.{{ext}}",
-            selector=SELECTORS,
-            ext=["jsonl", "parquet"],
-        ),
-        expand(f"{OUT}/models/final-{{selector}}", selector=FINALS),
-        f"{OUT}/eval/results.json",
-        f"{OUT}/eval/results.md",
-        INFLUENCE_TARGETS,
-        # The demo's ground truth says where the flipped labels sit in each score.
-        f"{OUT}/eval/deciles.md" if config["demo"]["enabled"] else [],
-        f"{OUT}/eval/plots/results.png",
-        # Which candidate the auto selector chose, and why.
-        f"{OUT}/eval/tournament.md" if AUTO else [],
+        final_outputs(),
+    localrule: True

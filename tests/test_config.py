@@ -352,6 +352,68 @@ def test_no_argument_of_a_step_has_a_default_that_a_setting_should_give():
                 assert action.default in (None, False), (name, action.dest, action.default)
 
 
+@pytest.mark.parametrize(
+    "step, required, optional",
+    [
+        ("select", ["--selector", "s", "--scores", "x", "--data", "d", "--out", "o"], "--like"),
+        ("external-score", ["--selector", "s", "--data", "d", "--out", "o"], "--ref"),
+        ("external-score", ["--selector", "s", "--data", "d", "--out", "o"], "--tokenizer"),
+        ("prepare", ["--source", "s", "--tokenizer", "t", "--out", "o"], "--validation"),
+        ("prepare", ["--source", "s", "--tokenizer", "t", "--out", "o"], "--dev"),
+        ("prepare", ["--source", "s", "--tokenizer", "t", "--out", "o"], "--test"),
+        (
+            "evaluate",
+            [
+                "--names",
+                "n",
+                "--selections",
+                "s",
+                "--samples",
+                "x",
+                "--opponent",
+                "p",
+                "--data",
+                "d",
+                "--out-json",
+                "j",
+                "--out-md",
+                "m",
+            ],
+            "--prompts",
+        ),
+        (
+            "group-study",
+            ["--data", "d", "--influence", "i", "--groups", "g", "--out-json", "j", "--out-md", "m"],
+            "--out-png",
+        ),
+        (
+            "group-study",
+            ["--data", "d", "--influence", "i", "--groups", "g", "--out-json", "j", "--out-md", "m"],
+            "--models",
+        ),
+        ("demo-snippets", ["--out", "o"], "--local-copy"),
+        ("demo-rated-snippets", ["--out", "o"], "--local-copy"),
+    ],
+)
+def test_an_optional_argument_given_empty_means_none(step, required, optional):
+    """A rule passes each optional argument always, empty where there is none (`--like {input.like}`), and the
+    step reads that as left out; `--help` says what empty means."""
+    from prefselect.cli import build_parser
+
+    parser = build_parser()
+    dest = optional.removeprefix("--").replace("-", "_")
+    left_out = getattr(parser.parse_args([step, *required]), dest)
+    given = getattr(parser.parse_args([step, *required, optional, "path"]), dest)
+    assert given in ("path", ["path"])
+    # Empty: no value, or (a single path) the empty string.
+    for empty in ([optional],) if isinstance(given, list) else ([optional], [optional, ""]):
+        value = getattr(parser.parse_args([step, *required, *empty]), dest)
+        assert not value and not left_out, (empty, value)
+    subcommands = next(a for a in parser._actions if a.dest == "step").choices
+    (action,) = [a for a in subcommands[step]._actions if optional in a.option_strings]
+    assert "empty" in action.help.lower(), action.help
+
+
 def test_small_numbers_reach_a_step_as_numbers():
     """The JSON a rule hands a step writes 1e-05 without a dot, which YAML 1.1 would read as a string."""
     from prefselect import settings

@@ -107,7 +107,8 @@ def select_and_export(tmp_path: Path, source: str, tok: str) -> dict[str, tuple[
     done = {}
     for name, spec in (("band", BAND), ("like", LIKE), ("full", FULL)):
         selection = tmp_path / f"selection/{name}.parquet"
-        like = ["--like", str(tmp_path / "selection/band.parquet")] if "like" in spec else []
+        # As the workflow passes it: an empty --like means none.
+        like = ["--like", *([str(tmp_path / "selection/band.parquet")] if "like" in spec else [])]
         main(
             [
                 "select",

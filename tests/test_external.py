@@ -134,8 +134,9 @@ def test_alignment_potential_step_reads_the_sft_models_log_probs(tiny_lm, pairs,
         "--out",
         str(tmp_path / "ap.parquet"),
     ]
-    with pytest.raises(SystemExit):
-        main(argv)  # without the SFT model's log-probs
+    for without in ([], ["--ref", "--tokenizer"]):  # left out, or empty as the workflow passes them for other kinds
+        with pytest.raises(SystemExit):
+            main([*argv, *without])  # without the SFT model's log-probs
     main([*argv, "--ref", str(tmp_path / "ref.parquet"), "--tokenizer", tiny_lm])
     tokens = completion_tokens(tiny_lm, pairs)
     mean_gap = np.abs(sft["chosen_logp"] / tokens["chosen"] - sft["rejected_logp"] / tokens["rejected"]).to_numpy()

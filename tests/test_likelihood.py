@@ -87,6 +87,7 @@ def test_evaluate_step_with_the_likelihood_judge(tmp_path, heldout, logps):
             "--opponent",
             str(tmp_path / "ref-0.parquet"),
             str(tmp_path / "ref-1.parquet"),
+            "--prompts",  # empty, as the workflow passes it for the likelihood judge
             "--data",
             str(tmp_path / "train.parquet"),
             *config_arg(evaluation={"judge": "likelihood"}),

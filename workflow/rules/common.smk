@@ -1,36 +1,68 @@
 import json
 import os
-import shlex
 from pathlib import Path
 
-from prefselect.config import EXTERNAL_KINDS, auto_selector
+from prefselect.config import EXTERNAL_KINDS
 from prefselect.settings import step_config
-from prefselect.kinds import candidate_names, grid_selectors
+from prefselect.kinds import plan
 
 OUT = config["outdir"]
-SELECTORS = list(config["selectors"])
-# The tournament of the `auto` selector, if there is one: its candidates train their own final models; with
-# screen_epochs, their final runs stop early as `screen-` runs, after which the winner trains in full as
-# final-{AUTO}; with finalists too, the best screen runs continue to their final runs and the best of those wins.
-AUTO = auto_selector(config)
-AUTO_SPEC = config["selectors"][AUTO] if AUTO else {}
-CANDIDATES = candidate_names(AUTO_SPEC) if AUTO else []
-SCREEN_EPOCHS = AUTO_SPEC.get("screen_epochs")
-FINALISTS = AUTO_SPEC.get("finalists")
-TOURNAMENT_STAGE = "screen" if SCREEN_EPOCHS and not FINALISTS else "final"
-GRID_ONLY = (
-    set(grid_selectors(AUTO_SPEC["grid"])) - set(AUTO_SPEC["candidates"])
-    if AUTO_SPEC.get("grid")
-    else set()
-)
-# Selectors that keep as many pairs as another selector keeps (`like`).
-MATCHED = [s for s, spec in config["selectors"].items() if "like" in spec]
-# Selectors with a final model of their own, evaluated by the judge (screened grid candidates have none).
-FINALS = [s for s in SELECTORS if not (SCREEN_EPOCHS and s in GRID_ONLY)]
-# Selectors whose final model a DPO run trains; the auto selector adopts its winner's, except after screening alone.
-TRAINED = [s for s in FINALS if s != AUTO or TOURNAMENT_STAGE == "screen"]
+# The selectors and the jobs they make (kinds.Plan): the auto selector's tournament, which selectors train a final
+# model, and the DPO runs.
+PLAN = plan(config)
+SELECTORS = PLAN.selectors
+AUTO = PLAN.auto
+CANDIDATES = PLAN.candidates
+SCREEN_EPOCHS = PLAN.screen_epochs
+FINALISTS = PLAN.finalists
+TOURNAMENT_STAGE = PLAN.tournament_stage
+MATCHED = PLAN.matched
+FINALS = PLAN.finals
+TRAINED = PLAN.trained
+STAGES = PLAN.stages
 SHARDS = config["scoring"]["shards"]
 SFT = config["model"]["path"]
+
+
+def final_outputs():
+    """What `all` asks for: the data report, the scores, every selection (exported too), the final models, the
+    evaluation with its figures, and, where the config has them, the cross-fitted scores, the influence reports,
+    the demo's deciles and the auto selector's tournament."""
+    influence = config["influence"]
+    influence_reports = [
+        "agreement.json",
+        "agreement.md",
+        "agreement.png",
+        "groups.json",
+        "groups.md",
+    ]
+    if influence["group_training"]:
+        influence_reports.append("groups.png")  # the group study's validation curves
+    return [
+        f"{OUT}/data/report.json",
+        f"{OUT}/scores/scores.parquet",
+        f"{OUT}/scores/crossfit.parquet" if config["crossfit"]["folds"] else [],
+        expand(f"{OUT}/selection/{{selector}}.parquet", selector=SELECTORS),
+        expand(
+            f"{OUT}/selected/{{selector}}.{{ext}}",
+            selector=SELECTORS,
+            ext=["jsonl", "parquet"],
+        ),
+        expand(f"{OUT}/models/final-{{selector}}", selector=FINALS),
+        f"{OUT}/eval/results.json",
+        f"{OUT}/eval/results.md",
+        # The agreement report and the group study of influence.
+        (
+            [f"{OUT}/eval/{name}" for name in influence_reports]
+            if influence["enabled"]
+            else []
+        ),
+        # The demo's ground truth says where the flipped labels sit in each score.
+        f"{OUT}/eval/deciles.md" if config["demo"]["enabled"] else [],
+        f"{OUT}/eval/plots/results.png",
+        # Which candidate the auto selector chose, and why.
+        f"{OUT}/eval/tournament.md" if AUTO else [],
+    ]
 
 
 def screen_run(wildcards):
@@ -63,8 +95,9 @@ def local_file(path):
 
 
 def input_or(name, fallback):
-    """A param: the path of input `name`, or `fallback` (a hub id) where that input is empty."""
-    return lambda wildcards, input: str(input[name]) or fallback
+    """A param: the path of input `name`, or `fallback` (a hub id) where that input is empty; none (empty) without
+    a fallback."""
+    return lambda wildcards, input: str(input[name]) or fallback or ""
 
 
 def output_folder(name):
@@ -75,15 +108,16 @@ def ref_shards(split):
     return expand(f"{OUT}/logps/ref/{split}/{{i}}-of-{SHARDS}.parquet", i=range(SHARDS))
 
 
-def settings(step, stage=None):
-    """A job's --config: the config keys its step reads, as JSON; a change to one of them reruns the job."""
-    return shlex.quote(step_config(config, step, stage))
+def settings(step, stage=None, selector=None):
+    """A job's --config: the config keys its step reads, as JSON (for the shell as `{params.config:q}`); a change
+    to one of them reruns the job."""
+    return step_config(config, step, stage, selector)
 
 
 def selector_settings(step, stage=None):
-    """The --config of a job for one selector, `{selector}`: its rule among the keys."""
-    return lambda wildcards: shlex.quote(
-        step_config(config, step, stage, wildcards.selector)
+    """The --config of a job for one selector, `{selector}`: its rule among the keys. `stage` may name wildcards."""
+    return lambda wildcards: step_config(
+        config, step, stage and stage.format(**wildcards), wildcards.selector
     )
 
 
@@ -143,9 +177,9 @@ def sft_logps(wildcards):
     return ref_shards("train") if spec["kind"] == "alignment_potential" else []
 
 
-def sft_inputs(wildcards, input):
-    """The arguments that hand `external-score` the SFT model's log-probs and tokenizer, where it needs them."""
-    return f"--ref {' '.join(input.sft)} --tokenizer {SFT}" if input.sft else ""
+def sft_tokenizer(wildcards):
+    """An alignment_potential selector's tokenizer: the SFT model's, as its log-probs were taken; else none."""
+    return SFT if sft_logps(wildcards) else ""
 
 
 def reward_model(wildcards):
@@ -157,9 +191,6 @@ def reward_model(wildcards):
 def like_selection(wildcards):
     like = config["selectors"][wildcards.selector].get("like")
     return [f"{OUT}/selection/{like}.parquet"] if like else []
-
-
-STAGES = ["warmup", "aux"] + [f"final-{s}" for s in FINALS]
 
 
 # The auto selector's tournament (tournament.smk).

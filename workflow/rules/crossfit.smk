@@ -3,10 +3,6 @@
 FOLDS = config["crossfit"]["folds"]
 
 
-localrules:
-    join_crossfit,
-
-
 rule crossfit_warmup:
     input:
         sft=local_model(SFT),
@@ -29,7 +25,7 @@ rule crossfit_warmup:
         checkpoints=checkpoint_dir("xfit-{fold}"),
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} train --stage crossfit "
-        "--holdout-fold {wildcards.fold} --config {params.config} --model {params.model} --data {input.data} "
+        "--holdout-fold {wildcards.fold} --config {params.config:q} --model {params.model} --data {input.data} "
         "--ref {input.ref} --checkpoint-dir {params.checkpoints} --out {output} > {log} 2>&1"
 
 
@@ -52,7 +48,7 @@ rule crossfit_score:
         config=settings("crossfit-score"),
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} --batch-size {resources.batch_size} crossfit-score "
-        "--config {params.config} "
+        "--config {params.config:q} "
         "--model {input.model} --data {input.data} --ref {input.ref} --fold {wildcards.fold} --out {output} "
         "> {log} 2>&1"
 
@@ -67,6 +63,7 @@ rule join_crossfit:
         f"{OUT}/scores/crossfit.parquet",
     log:
         f"{OUT}/logs/join_crossfit.log",
+    localrule: True
     conda:
         "../../envs/prefselect.yaml"
     shell:

@@ -2,8 +2,6 @@ DATA = config["data"]
 
 
 # A hub dataset or tokenizer is a download: where Snakemake runs, which has the internet.
-localrules:
-    prepare,
 
 
 rule prepare:
@@ -22,30 +20,23 @@ rule prepare:
         report=f"{OUT}/data/report.json",
     log:
         f"{OUT}/logs/prepare.log",
+    localrule: True  # a hub dataset or tokenizer is a download: where Snakemake runs, which has the internet
     conda:
         "../../envs/prefselect.yaml"
     params:
         source=input_or("source", DATA["source"]),
         model=input_or("sft", SFT),
         outdir=output_folder("train"),
-        validation=lambda wildcards, input: (
-            f"--validation {input.validation or DATA['validation']}"
-            if DATA["validation"]
-            else ""
-        ),
+        validation=input_or("validation", DATA["validation"]),
+        test=input_or("test", DATA["test"]),
         # Dev pairs: the file given, or a share of the validation pairs where an auto selector chooses on them.
-        dev=lambda wildcards, input: (
-            f"--dev {input.dev or DATA['dev']}"
-            if DATA["dev"]
-            else ("--hold-out-dev" if AUTO else "")
-        ),
-        test=lambda wildcards, input: (
-            f"--test {input.test or DATA['test']}" if DATA["test"] else ""
-        ),
+        dev=input_or("dev", DATA["dev"]),
+        hold_out_dev="--hold-out-dev" if AUTO and not DATA["dev"] else "",
         config=settings("prepare"),
     shell:
-        "python -m prefselect prepare --config {params.config} --source {params.source} {params.validation} "
-        "--tokenizer {params.model} --out {params.outdir} {params.dev} {params.test} > {log} 2>&1"
+        "python -m prefselect prepare --config {params.config:q} --source {params.source} --validation {params.validation} "
+        "--tokenizer {params.model} --out {params.outdir} --dev {params.dev} {params.hold_out_dev} "
+        "--test {params.test} > {log} 2>&1"
 
 
 rule ref_logps:
@@ -69,6 +60,6 @@ rule ref_logps:
         config=settings("logps"),
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} --batch-size {resources.batch_size} logps "
-        "--config {params.config} "
+        "--config {params.config:q} "
         "--model {params.model} --data {input.data} --shard {wildcards.shard} --shards {wildcards.shards} "
         "--out {output} > {log} 2>&1"

@@ -6,22 +6,19 @@ HUMAN_LABELS = DEMO["task"] == "human_labels"
 DEMO_TEXTS = f"{OUT}/demo/{'rated_snippets' if HUMAN_LABELS else 'snippets'}.parquet"
 
 
-# Downloads: where Snakemake runs, which has the internet that a cluster's compute nodes often lack.
-localrules:
-    demo_snippets,
-
-
 rule demo_snippets:
     output:
         f"{OUT}/demo/snippets.parquet",
     log:
         f"{OUT}/logs/demo_snippets.log",
+    # A download: where Snakemake runs, which has the internet that a cluster's compute nodes often lack.
+    localrule: True
     conda:
         "../../envs/prefselect.yaml"
     params:
-        local_copy=f"--local-copy {DEMO['snippets']}" if DEMO["snippets"] else "",
+        local_copy=DEMO["snippets"] or "",
     shell:
-        "python -m prefselect demo-snippets --out {output} {params.local_copy} > {log} 2>&1"
+        "python -m prefselect demo-snippets --out {output} --local-copy {params.local_copy} > {log} 2>&1"
 
 
 rule demo_tokenizer:
@@ -36,7 +33,7 @@ rule demo_tokenizer:
     params:
         config=settings("demo-tokenizer"),
     shell:
-        "python -m prefselect demo-tokenizer --config {params.config} --snippets {input} --out {output} > {log} 2>&1"
+        "python -m prefselect demo-tokenizer --config {params.config:q} --snippets {input} --out {output} > {log} 2>&1"
 
 
 rule demo_sft:
@@ -53,28 +50,26 @@ rule demo_sft:
     params:
         config=settings("demo-sft"),
     shell:
-        "python -m prefselect --threads {threads} demo-sft --config {params.config} --snippets {input.snippets} "
+        "python -m prefselect --threads {threads} demo-sft --config {params.config:q} --snippets {input.snippets} "
         "--tokenizer {input.tokenizer} --out {output} > {log} 2>&1"
 
 
 if HUMAN_LABELS:
-
-    localrules:
-        demo_rated_snippets,
 
     rule demo_rated_snippets:
         output:
             f"{OUT}/demo/rated_snippets.parquet",
         log:
             f"{OUT}/logs/demo_rated_snippets.log",
+        localrule: True  # a download, as demo_snippets
         conda:
             "../../envs/prefselect.yaml"
         params:
-            local_copy=f"--local-copy {DEMO['snippets']}" if DEMO["snippets"] else "",
+            local_copy=DEMO["snippets"] or "",
             config=settings("demo-rated-snippets"),
         shell:
-            "python -m prefselect demo-rated-snippets --config {params.config} --out {output} {params.local_copy} "
-            "> {log} 2>&1"
+            "python -m prefselect demo-rated-snippets --config {params.config:q} --out {output} "
+            "--local-copy {params.local_copy} > {log} 2>&1"
 
     rule demo_rated_pairs:
         input:
@@ -94,7 +89,7 @@ if HUMAN_LABELS:
             outdir=output_folder("train"),
             config=settings("demo-rated-pairs"),
         shell:
-            "python -m prefselect demo-rated-pairs --config {params.config} --model {params.model} "
+            "python -m prefselect demo-rated-pairs --config {params.config:q} --model {params.model} "
             "--snippets {input.snippets} --out {params.outdir} > {log} 2>&1"
 
 else:
@@ -117,5 +112,5 @@ else:
             outdir=output_folder("train"),
             config=settings("demo-pairs"),
         shell:
-            "python -m prefselect --threads {threads} demo-pairs --config {params.config} --model {input.model} "
+            "python -m prefselect --threads {threads} demo-pairs --config {params.config:q} --model {input.model} "
             "--snippets {input.snippets} --out {params.outdir} > {log} 2>&1"

@@ -17,19 +17,6 @@ OPPONENT = (
 )
 
 
-# Seconds, without a model: where Snakemake runs, not in a cluster's queue (evaluate too, unless its judge is a
-# reward model on a GPU).
-localrules:
-    diagnose,
-    plots,
-
-
-if not JUDGE_MODEL:
-
-    localrules:
-        evaluate,
-
-
 rule sample:
     input:
         model=lambda wildcards: (
@@ -53,7 +40,7 @@ rule sample:
         model=input_or("model", SFT),
         config=settings("sample"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} sample --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} sample --config {params.config:q} "
         "--model {params.model} --prompts {input.prompts} --out {output} > {log} 2>&1"
 
 
@@ -80,7 +67,7 @@ rule heldout_logps:
         config=settings("logps"),
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} --batch-size {resources.batch_size} logps "
-        "--config {params.config} "
+        "--config {params.config:q} "
         "--model {input.model} --data {input.data} --out {output} > {log} 2>&1"
 
 
@@ -96,6 +83,8 @@ rule evaluate:
         md=f"{OUT}/eval/results.md",
     log:
         f"{OUT}/logs/evaluate.log",
+    # Seconds where Snakemake runs, not in a cluster's queue, unless its judge is a reward model on a GPU.
+    localrule: not JUDGE_MODEL
     conda:
         "../../envs/prefselect.yaml"
     threads: EVAL["threads"] if JUDGE_MODEL else 1
@@ -104,13 +93,10 @@ rule evaluate:
     params:
         names=FINALS,
         config=settings("evaluate"),
-        prompts=lambda wildcards, input: (
-            f"--prompts {input.prompts}" if input.prompts else ""
-        ),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} evaluate --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} evaluate --config {params.config:q} "
         "--names {params.names} --selections {input.selections} --samples {input.samples} "
-        "--opponent {input.opponent} {params.prompts} --data {input.data} --out-json {output.json} "
+        "--opponent {input.opponent} --prompts {input.prompts} --data {input.data} --out-json {output.json} "
         "--out-md {output.md} > {log} 2>&1"
 
 
@@ -127,6 +113,7 @@ rule diagnose:
         md=f"{OUT}/eval/deciles.md",
     log:
         f"{OUT}/logs/diagnose.log",
+    localrule: True  # seconds, without a model: where Snakemake runs, not in a cluster's queue
     conda:
         "../../envs/prefselect.yaml"
     shell:
@@ -169,6 +156,7 @@ rule plots:
         ),
     log:
         f"{OUT}/logs/plots.log",
+    localrule: True  # seconds, without a model
     conda:
         "../../envs/prefselect.yaml"
     params:
@@ -178,6 +166,6 @@ rule plots:
         ],
         outdir=output_folder("scores"),
     shell:
-        "python -m prefselect plots --config {params.config} --scores {input.scores} --data {input.data} "
+        "python -m prefselect plots --config {params.config:q} --scores {input.scores} --data {input.data} "
         "--training-logs {params.logs} --results {input.results} --data-report {input.data_report} "
         "--out {params.outdir} > {log} 2>&1"

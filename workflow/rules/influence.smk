@@ -15,31 +15,6 @@ BENCHMARKS = {
     ),
 }
 
-# What `all` asks for: the agreement report and the group study (with its validation curves when trained).
-INFLUENCE_TARGETS = (
-    [
-        f"{OUT}/eval/{name}"
-        for name in (
-            "agreement.json",
-            "agreement.md",
-            "agreement.png",
-            "groups.json",
-            "groups.md",
-        )
-    ]
-    + ([f"{OUT}/eval/groups.png"] if INFLUENCE["group_training"] else [])
-    if INFLUENCE["enabled"]
-    else []
-)
-
-
-localrules:
-    merge_influence,  # seconds, on tables already computed
-    join_influence,
-    agreement,
-    influence_groups,
-    group_study,
-
 
 rule val_grad:
     input:
@@ -60,7 +35,7 @@ rule val_grad:
     params:
         config=settings("val-grad"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} val-grad --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} val-grad --config {params.config:q} "
         "--model {input.warmup} --data {input.data} --ref {input.ref} --out {output} > {log} 2>&1"
 
 
@@ -84,7 +59,7 @@ rule influence:
     params:
         config=settings("influence"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} influence --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} influence --config {params.config:q} "
         "--model {input.warmup} --val-grad {input.val_grad} --data {input.data} --ref {input.ref} "
         "--shard {wildcards.shard} --shards {wildcards.shards} --out {output} > {log} 2>&1"
 
@@ -100,6 +75,7 @@ rule merge_influence:
         f"{OUT}/influence/influence.parquet",
     log:
         f"{OUT}/logs/merge_influence.log",
+    localrule: True  # seconds, on tables already computed
     conda:
         "../../envs/prefselect.yaml"
     shell:
@@ -114,6 +90,7 @@ rule join_influence:
         f"{OUT}/influence/scores.parquet",
     log:
         f"{OUT}/logs/join_influence.log",
+    localrule: True
     conda:
         "../../envs/prefselect.yaml"
     shell:
@@ -131,6 +108,7 @@ rule agreement:
         png=f"{OUT}/eval/agreement.png",
     log:
         f"{OUT}/logs/agreement.log",
+    localrule: True
     conda:
         "../../envs/prefselect.yaml"
     params:
@@ -139,7 +117,7 @@ rule agreement:
         ),
         config=settings("agreement"),
     shell:
-        "python -m prefselect agreement --config {params.config} --scores {input.scores} "
+        "python -m prefselect agreement --config {params.config:q} --scores {input.scores} "
         "--benchmarks {params.benchmarks} --out-json {output.json} --out-md {output.md} --out-png {output.png} "
         "> {log} 2>&1"
 
@@ -151,6 +129,7 @@ rule influence_groups:
         expand(f"{OUT}/influence/groups/{{group}}.parquet", group=IF_GROUPS),
     log:
         f"{OUT}/logs/influence_groups.log",
+    localrule: True
     conda:
         "../../envs/prefselect.yaml"
     params:
@@ -182,7 +161,7 @@ rule group_train:
         config=settings("train", "final"),
         checkpoints=checkpoint_dir("group-{group}"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --stage final --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --stage final --config {params.config:q} "
         "--model {input.warmup} --data {input.data} --selection {input.selection} --ref {input.ref} "
         "--eval-data {input.val} --eval-ref {input.val_ref} --checkpoint-dir {params.checkpoints} "
         "--out {output} > {log} 2>&1"
@@ -204,12 +183,9 @@ rule group_study:
         png=f"{OUT}/eval/groups.png" if INFLUENCE["group_training"] else [],
     log:
         f"{OUT}/logs/group_study.log",
+    localrule: True
     conda:
         "../../envs/prefselect.yaml"
-    params:
-        curves=lambda wildcards, input, output: (
-            f"--models {input.models} --out-png {output.png}" if input.models else ""
-        ),
     shell:
         "python -m prefselect group-study --data {input.data} --influence {input.influence} --groups {input.groups} "
-        "{params.curves} --out-json {output.json} --out-md {output.md} > {log} 2>&1"
+        "--models {input.models} --out-png {output.png} --out-json {output.json} --out-md {output.md} > {log} 2>&1"

@@ -1,10 +1,6 @@
 # Score every training pair, one job per shard, then merge.
 
 
-localrules:
-    merge_scores,  # seconds: not worth a place in a cluster's queue
-
-
 rule score:
     input:
         warmup=rules.warmup.output,
@@ -27,7 +23,7 @@ rule score:
         config=settings("score"),
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} --batch-size {resources.batch_size} score "
-        "--config {params.config} "
+        "--config {params.config:q} "
         "--warmup {input.warmup} --aux {input.aux} --data {input.data} --ref {input.ref} --out {output} > {log} 2>&1"
 
 
@@ -39,6 +35,7 @@ rule merge_scores:
         f"{OUT}/scores/scores.parquet",
     log:
         f"{OUT}/logs/merge_scores.log",
+    localrule: True  # seconds: not worth a place in a cluster's queue
     conda:
         "../../envs/prefselect.yaml"
     shell:
@@ -53,10 +50,6 @@ EXTERNAL = {
 BY_REWARD_MODEL = [s for s, spec in EXTERNAL.items() if "reward_model" in spec]
 
 
-localrules:
-    external_score,
-
-
 rule external_score:
     input:
         data=f"{OUT}/data/train.parquet",
@@ -68,21 +61,23 @@ rule external_score:
         f"{OUT}/logs/external_score/{{selector}}.log",
     wildcard_constraints:
         selector="|".join(s for s in EXTERNAL if s not in BY_REWARD_MODEL) or "^$",
+    localrule: True  # a data column's score: seconds
     conda:
         "../../envs/prefselect.yaml"
     resources:
         gpu=0,
     params:
         config=selector_settings("external-score"),
-        sft=sft_inputs,
+        tokenizer=sft_tokenizer,
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} external-score --config {params.config} "
-        "--selector {wildcards.selector} --data {input.data} {params.sft} --out {output} > {log} 2>&1"
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} external-score --config {params.config:q} "
+        "--selector {wildcards.selector} --data {input.data} --ref {input.sft} --tokenizer {params.tokenizer} --out {output} > {log} 2>&1"
 
 
 use rule external_score as reward_margin with:
     wildcard_constraints:
         selector="|".join(BY_REWARD_MODEL) or "^$",
+    localrule: False
     threads: config["scoring"]["threads"]
     resources:
         **job_resources("scoring"),

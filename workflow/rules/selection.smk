@@ -1,9 +1,5 @@
-# Jobs that take seconds run where Snakemake runs (on a cluster, the login node) rather than wait in the queue.
-localrules:
-    select,
-    select_matched,
-    export,
-    selections,
+# Jobs that take seconds run where Snakemake runs (on a cluster, the login node) rather than wait in the queue:
+# each rule here is a local rule.
 
 
 rule select:
@@ -17,14 +13,14 @@ rule select:
         f"{OUT}/logs/select/{{selector}}.log",
     wildcard_constraints:
         selector="|".join(s for s in SELECTORS if s != AUTO and s not in MATCHED),
+    localrule: True
     conda:
         "../../envs/prefselect.yaml"
     params:
         config=selector_settings("select"),
-        like=lambda wildcards, input: f"--like {input.like}" if input.like else "",
     shell:
-        "python -m prefselect select --config {params.config} --selector {wildcards.selector} "
-        "--scores {input.scores} --data {input.data} {params.like} --out {output} > {log} 2>&1"
+        "python -m prefselect select --config {params.config:q} --selector {wildcards.selector} "
+        "--scores {input.scores} --data {input.data} --like {input.like} --out {output} > {log} 2>&1"
 
 
 # A selection with a `like` waits for another selection: a rule of its own, so that no rule depends on itself (and
@@ -32,6 +28,7 @@ rule select:
 use rule select as select_matched with:
     wildcard_constraints:
         selector="|".join(MATCHED) or "^$",
+    localrule: True  # `use rule ... with` sets localrule anew
 
 
 rule export:
@@ -47,13 +44,14 @@ rule export:
         f"{OUT}/logs/export/{{selector}}.log",
     wildcard_constraints:
         selector="|".join(SELECTORS),
+    localrule: True
     conda:
         "../../envs/prefselect.yaml"
     params:
         source=input_or("source", config["data"]["source"]),
         config=settings("export"),
     shell:
-        "python -m prefselect export --config {params.config} --selection {input.selection} --source {params.source} "
+        "python -m prefselect export --config {params.config:q} --selection {input.selection} --source {params.source} "
         "--out-jsonl {output.jsonl} --out-parquet {output.parquet} > {log} 2>&1"
 
 
@@ -68,3 +66,4 @@ rule selections:
             selector=[s for s in SELECTORS if s != AUTO],
             ext=["jsonl", "parquet"],
         ),
+    localrule: True

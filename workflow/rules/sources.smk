@@ -9,9 +9,6 @@ if GGUF:
     # models/sft is the demo's SFT model elsewhere; config.py allows model.gguf with the demo's human_labels only.
     ruleorder: gguf_model > demo_sft
 
-    localrules:
-        gguf_model,  # a download
-
     rule gguf_model:
         input:
             [GGUF["local_copy"]] if GGUF["local_copy"] else [],
@@ -19,18 +16,16 @@ if GGUF:
             directory(f"{OUT}/models/sft"),
         log:
             f"{OUT}/logs/gguf_model.log",
+        localrule: True  # a download
         conda:
             "../../envs/prefselect.yaml"
         params:
             config=settings("gguf-model"),
         shell:
-            "python -m prefselect gguf-model --config {params.config} --out {output} > {log} 2>&1"
+            "python -m prefselect gguf-model --config {params.config:q} --out {output} > {log} 2>&1"
 
 
 if PACKAGE:
-
-    localrules:
-        fetch_data,  # a download
 
     rule fetch_data:
         input:
@@ -39,9 +34,10 @@ if PACKAGE:
             config["data"]["source"],
         log:
             f"{OUT}/logs/fetch_data.log",
+        localrule: True  # a download
         conda:
             "../../envs/prefselect.yaml"
         params:
             config=settings("fetch-file"),
         shell:
-            "python -m prefselect fetch-file --config {params.config} --out {output} > {log} 2>&1"
+            "python -m prefselect fetch-file --config {params.config:q} --out {output} > {log} 2>&1"

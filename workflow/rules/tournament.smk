@@ -3,15 +3,7 @@
 # the DAG), and only the finalists it names continue to the final runs that the tournament judges.
 
 
-localrules:
-    tournament,  # seconds, on log-probs already computed
-    tournament_report,
-
-
 if FINALISTS:
-
-    localrules:
-        screen_rung,
 
     checkpoint screen_rung:
         input:
@@ -22,14 +14,15 @@ if FINALISTS:
             f"{OUT}/eval/dev/screen_rung.json",
         log:
             f"{OUT}/logs/screen_rung.log",
+        localrule: True
         conda:
             "../../envs/prefselect.yaml"
         params:
             auto=AUTO,
             names=CANDIDATES,
-            config=shlex.quote(step_config(config, "screen-rung", selector=AUTO)),
+            config=settings("screen-rung", selector=AUTO),
         shell:
-            "python -m prefselect screen-rung --config {params.config} --selector {params.auto} --names {params.names} "
+            "python -m prefselect screen-rung --config {params.config:q} --selector {params.auto} --names {params.names} "
             "--logps {input.logps} --ref {input.ref} --selections {input.selections} --out {output} > {log} 2>&1"
 
 
@@ -43,22 +36,20 @@ rule tournament:
         choice=f"{OUT}/eval/dev/choice.json",
     log:
         f"{OUT}/logs/tournament.log",
+    localrule: True  # seconds, on log-probs already computed
     conda:
         "../../envs/prefselect.yaml"
     params:
         auto=AUTO,
         names=judged,
-        config=shlex.quote(step_config(config, "tournament", selector=AUTO)),
+        config=settings("tournament", selector=AUTO),
     shell:
-        "python -m prefselect tournament --config {params.config} --selector {params.auto} --names {params.names} "
+        "python -m prefselect tournament --config {params.config:q} --selector {params.auto} --names {params.names} "
         "--logps {input.logps} --ref {input.ref} --selections {input.selections} "
         "--out-selection {output.selection} --out-choice {output.choice} > {log} 2>&1"
 
 
 if TOURNAMENT_STAGE == "final":
-
-    localrules:
-        adopt_winner,  # hard links
 
     rule adopt_winner:
         """The winner's final model is final-{AUTO}, linked rather than trained again."""
@@ -69,6 +60,7 @@ if TOURNAMENT_STAGE == "final":
             directory(f"{OUT}/models/final-{AUTO}"),
         log:
             f"{OUT}/logs/adopt_winner.log",
+        localrule: True  # hard links
         conda:
             "../../envs/prefselect.yaml"
         params:
@@ -98,11 +90,12 @@ rule tournament_report:
         ),
     log:
         f"{OUT}/logs/tournament_report.log",
+    localrule: True
     conda:
         "../../envs/prefselect.yaml"
     params:
         config=settings("tournament-report"),
     shell:
-        "python -m prefselect tournament-report --config {params.config} --choice {input.choice} "
+        "python -m prefselect tournament-report --config {params.config:q} --choice {input.choice} "
         "--results {input.results} --rung {input.rung} --screens {input.screens} --benchmarks {input.benchmarks} "
         "--out-json {output.json} --out-md {output.md} --out-png {output.png} > {log} 2>&1"

@@ -20,7 +20,7 @@ rule warmup:
         config=settings("train", "warmup"),
         checkpoints=checkpoint_dir("warmup"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --stage warmup --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --stage warmup --config {params.config:q} "
         "--model {params.model} --data {input.data} --ref {input.ref} --checkpoint-dir {params.checkpoints} "
         "--out {output} > {log} 2>&1"
 
@@ -46,7 +46,7 @@ rule aux:
         config=settings("train", "aux"),
         checkpoints=checkpoint_dir("aux"),
     shell:
-        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --stage aux --config {params.config} "
+        "python -m prefselect --threads {threads} --gpus {resources.gpu} train --stage aux --config {params.config:q} "
         "--model {params.init} --data {input.data} --ref {input.ref} --checkpoint-dir {params.checkpoints} "
         "--out {output} > {log} 2>&1"
 
@@ -76,12 +76,10 @@ rule final:
     resources:
         **job_resources("training"),
     params:
-        config=lambda wildcards: shlex.quote(
-            step_config(config, "train", wildcards.stage, wildcards.selector)
-        ),
+        config=selector_settings("train", "{stage}"),
         checkpoints=checkpoint_dir("{stage}-{selector}"),
     shell:
         "python -m prefselect --threads {threads} --gpus {resources.gpu} train --stage {wildcards.stage} "
-        "--selector {wildcards.selector} --config {params.config} --model {input.warmup} --data {input.data} "
+        "--selector {wildcards.selector} --config {params.config:q} --model {input.warmup} --data {input.data} "
         "--selection {input.selection} --ref {input.ref} --checkpoint-dir {params.checkpoints} "
         "--continue-from {input.screen} --out {output} > {log} 2>&1"
