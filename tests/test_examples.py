@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 from prefselect.config import auto_selector, load
 
@@ -239,3 +240,19 @@ def test_on_slurm_every_model_job_of_a_gpu_example_gets_gpus_memory_cpus_and_the
     assert ("evaluate" in seen) == judge_model and ("reward_margin" in seen) == any(
         spec["kind"] == "external" and "reward_model" in spec for spec in config["selectors"].values()
     )
+
+
+def test_a_fresh_plan_with_successive_halving_waits_for_the_screen_rung(tmp_path):
+    """Before any job ran, the finalists are unknown: the plan holds every screen run and the screen rung, and the
+    tournament's report waits for the rung (Snakemake plans the finalists' runs once it is written)."""
+    config = yaml.safe_load((REPO / "tests/e2e/config.yaml").read_text())
+    config["selectors"]["auto"].update({"screen_epochs": 0.5, "finalists": 1})
+    (tmp_path / "halving.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "run").mkdir()
+    output = dry_run(tmp_path / "halving.yaml", tmp_path / "run")
+    jobs = planned_jobs(output)
+    screens = [job for job in jobs if job["rule"] == "final" and "--stage screen" in job["shell"]]
+    assert len(screens) == len(config["selectors"]["auto"]["candidates"]) + 1  # and the grid's one candidate
+    report = next(job for job in jobs if job["rule"] == "tournament_report")
+    assert "--rung results/eval/dev/screen_rung.json" in report["shell"]
+    assert output.count("checkpoint screen_rung:") == 1

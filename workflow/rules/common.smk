@@ -212,13 +212,12 @@ def judged_files(pattern):
     ]
 
 
-def halving_inputs(wildcards):
-    """What the report reads of successive halving: the rung, every screen run and the jobs' benchmark files."""
+def halving_benchmarks(wildcards):
+    """What the report reads of successive halving's cost: the benchmark files of the screen runs and the finalists'
+    final runs. A named input of its own: until the rung is known, Snakemake stands its checkpoint in for it.
+    """
     if not FINALISTS:
-        return {"rung": [], "screens": [], "benchmarks": []}
-    return {
-        "rung": checkpoints.screen_rung.get().output[0],
-        "screens": expand(f"{OUT}/models/screen-{{c}}", c=CANDIDATES),
-        "benchmarks": expand(f"{OUT}/benchmarks/screen-{{c}}.tsv", c=CANDIDATES)
-        + expand(f"{OUT}/benchmarks/final-{{c}}.tsv", c=judged(wildcards)),
-    }
+        return []
+    return expand(f"{OUT}/benchmarks/screen-{{c}}.tsv", c=CANDIDATES) + expand(
+        f"{OUT}/benchmarks/final-{{c}}.tsv", c=judged(wildcards)
+    )

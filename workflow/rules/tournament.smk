@@ -73,7 +73,9 @@ if TOURNAMENT_STAGE == "final":
 
 rule tournament_report:
     input:
-        unpack(halving_inputs),
+        rung=rules.screen_rung.output[0] if FINALISTS else [],
+        screens=expand(f"{OUT}/models/screen-{{c}}", c=CANDIDATES) if FINALISTS else [],
+        benchmarks=halving_benchmarks,
         choice=rules.tournament.output.choice,
         results=rules.evaluate.output.json,
     output:
