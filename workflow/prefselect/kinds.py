@@ -41,7 +41,7 @@ class Plan:
     # final-{auto}; with finalists too, the best screen runs continue to their final runs and the best of those wins.
     auto: str | None
     candidates: list[str]
-    screen_epochs: int | None
+    screen_epochs: float | None
     finalists: int | None
     tournament_stage: str  # the runs the tournament judges: `screen`, or `final`
     grid_only: frozenset[str]  # candidates of the auto selector's grid that it does not list itself
