@@ -133,7 +133,7 @@ rule influence_groups:
     conda:
         "../../envs/prefselect.yaml"
     params:
-        outdir=lambda wildcards, output: str(Path(output[0]).parent),
+        outdir=output_folder(0),
     shell:
         "python -m prefselect influence-groups --influence {input} --out {params.outdir} > {log} 2>&1"
 
