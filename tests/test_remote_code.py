@@ -147,7 +147,7 @@ def test_the_workflow_hands_every_model_step_its_flag_and_the_judge_and_reward_m
     commands = [line for line in plan.stdout.splitlines() if "-m prefselect" in line]
     steps = {}
     for line in commands:
-        step = re.search(r"-m prefselect (?:--threads \S+ )?(?:--gpus \S+ )?(\S+)", line).group(1)
+        step = re.search(r"-m prefselect (?:--(?:threads|gpus|batch-size) \S+ )*(\S+)", line).group(1)
         steps.setdefault(step, []).append(line)
     assert set(MODEL_STEPS) <= steps.keys()
     for step in MODEL_STEPS:
