@@ -56,7 +56,7 @@ def selector_keys(*keys: str) -> tuple[str, ...]:
 
 
 # What an external score reads of its selector's rule (how many pairs it keeps, and how its model trains, not).
-EXTERNAL_SCORE = selector_keys("kind", "column", "minus", "reward_model", "trust_remote_code", "weight")
+EXTERNAL_SCORE_KEYS = selector_keys("kind", "column", "minus", "reward_model", "trust_remote_code", "weight")
 
 # The config keys each step reads; `{selector}` is the selector a job is for, `{auto}` the auto selector.
 STEP_KEYS = {
@@ -72,7 +72,7 @@ STEP_KEYS = {
     "train": DPO,
     "score": (*FORWARD, "method", "scoring.batch_size"),
     "crossfit-score": ("seed", *FORWARD, "method", "scoring.batch_size", "crossfit.folds"),
-    "external-score": (*FORWARD, *EXTERNAL_SCORE),
+    "external-score": (*FORWARD, *EXTERNAL_SCORE_KEYS),
     "select": ("seed", "selectors.{selector}"),
     "export": ("data.split",),
     # The auto selector's candidates are the files a job is given, not keys it reads.
